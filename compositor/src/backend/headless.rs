@@ -1,0 +1,195 @@
+//! Headless backend: one virtual output rendered offscreen at a fixed size and refresh rate.
+//! Used by tests, CI and `fencegate check`.
+//!
+//! It renders with GLES on an EGL device that has a DRM render node, else on Mesa's surfaceless
+//! platform (llvmpipe), and falls back to pixman where EGL is not usable at all. The log says
+//! which one is in use.
+
+use anyhow::{anyhow, Context};
+use smithay::backend::allocator::dmabuf::Dmabuf;
+use smithay::backend::allocator::format::FormatSet;
+use smithay::backend::allocator::Fourcc;
+use smithay::backend::drm::DrmNode;
+use smithay::backend::egl::native::EGLSurfacelessDisplay;
+use smithay::backend::egl::{EGLContext, EGLDevice, EGLDisplay};
+use smithay::backend::renderer::damage::OutputDamageTracker;
+use smithay::backend::renderer::gles::{GlesRenderbuffer, GlesRenderer};
+use smithay::backend::renderer::pixman::PixmanRenderer;
+use smithay::backend::renderer::{Bind, ImportDma, Offscreen};
+use smithay::reexports::pixman;
+use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
+use smithay::utils::{Size, Transform};
+use tracing::{info, warn};
+
+use crate::render::{render_space, RenderedFrame};
+use crate::state::Core;
+
+/// Pixel format of the offscreen output.
+const OUTPUT_FORMAT: Fourcc = Fourcc::Abgr8888;
+
+pub struct Headless {
+    renderer: OffscreenRenderer,
+    damage_tracker: OutputDamageTracker,
+    size: Size<i32, smithay::utils::Physical>,
+}
+
+enum OffscreenRenderer {
+    Gles {
+        renderer: GlesRenderer,
+        target: GlesRenderbuffer,
+    },
+    Pixman {
+        renderer: PixmanRenderer,
+        target: pixman::Image<'static, 'static>,
+    },
+}
+
+impl Headless {
+    /// Creates the renderer and its offscreen target of `width`x`height`.
+    pub fn new(width: i32, height: i32, force_pixman: bool) -> anyhow::Result<Headless> {
+        let size = Size::from((width, height));
+        let buffer_size = Size::from((width, height));
+        let renderer = if force_pixman {
+            info!("headless: pixman renderer (asked for with --pixman)");
+            None
+        } else {
+            match init_gles() {
+                Ok((renderer, what)) => {
+                    info!("headless: GLES renderer on {what}");
+                    Some(renderer)
+                }
+                Err(err) => {
+                    warn!("headless: no usable EGL ({err:#}); using the pixman renderer");
+                    None
+                }
+            }
+        };
+        let renderer = match renderer {
+            Some(mut renderer) => {
+                let target = renderer
+                    .create_buffer(OUTPUT_FORMAT, buffer_size)
+                    .context("creating the GLES offscreen buffer")?;
+                OffscreenRenderer::Gles { renderer, target }
+            }
+            None => {
+                let mut renderer = PixmanRenderer::new().context("creating the pixman renderer")?;
+                let target = renderer
+                    .create_buffer(OUTPUT_FORMAT, buffer_size)
+                    .context("creating the pixman offscreen image")?;
+                OffscreenRenderer::Pixman { renderer, target }
+            }
+        };
+        Ok(Headless {
+            renderer,
+            damage_tracker: OutputDamageTracker::new(size, 1.0, Transform::Normal),
+            size,
+        })
+    }
+
+    pub fn size(&self) -> Size<i32, smithay::utils::Physical> {
+        self.size
+    }
+
+    pub fn renderer_name(&self) -> &'static str {
+        match self.renderer {
+            OffscreenRenderer::Gles { .. } => "gles",
+            OffscreenRenderer::Pixman { .. } => "pixman",
+        }
+    }
+
+    /// pixman has finished drawing when `render` returns, so the timestamp taken then is the
+    /// completion time; GL work may still be queued, so GLES claims nothing.
+    pub fn presentation_flags(&self) -> wp_presentation_feedback::Kind {
+        match self.renderer {
+            OffscreenRenderer::Gles { .. } => wp_presentation_feedback::Kind::empty(),
+            OffscreenRenderer::Pixman { .. } => wp_presentation_feedback::Kind::HwCompletion,
+        }
+    }
+
+    pub fn dmabuf_formats(&self) -> FormatSet {
+        match &self.renderer {
+            OffscreenRenderer::Gles { renderer, .. } => renderer.dmabuf_formats(),
+            OffscreenRenderer::Pixman { renderer, .. } => renderer.dmabuf_formats(),
+        }
+    }
+
+    pub fn import_dmabuf(&mut self, dmabuf: &Dmabuf) -> anyhow::Result<()> {
+        match &mut self.renderer {
+            OffscreenRenderer::Gles { renderer, .. } => renderer
+                .import_dmabuf(dmabuf, None)
+                .map(drop)
+                .map_err(|e| anyhow!("{e:?}")),
+            OffscreenRenderer::Pixman { renderer, .. } => renderer
+                .import_dmabuf(dmabuf, None)
+                .map(drop)
+                .map_err(|e| anyhow!("{e:?}")),
+        }
+    }
+
+    pub fn render(&mut self, core: &Core, capture: bool) -> anyhow::Result<RenderedFrame> {
+        // The offscreen buffer keeps its contents, so only the damage since the last frame
+        // needs redrawing: its age is always 1 after the first frame.
+        let age = 1;
+        match &mut self.renderer {
+            OffscreenRenderer::Gles { renderer, target } => {
+                let mut framebuffer = renderer
+                    .bind(target)
+                    .map_err(|e| anyhow!("binding: {e:?}"))?;
+                render_space(
+                    renderer,
+                    &mut framebuffer,
+                    &mut self.damage_tracker,
+                    age,
+                    core,
+                    capture,
+                )
+            }
+            OffscreenRenderer::Pixman { renderer, target } => {
+                let mut framebuffer = renderer
+                    .bind(target)
+                    .map_err(|e| anyhow!("binding: {e:?}"))?;
+                render_space(
+                    renderer,
+                    &mut framebuffer,
+                    &mut self.damage_tracker,
+                    age,
+                    core,
+                    capture,
+                )
+            }
+        }
+    }
+}
+
+/// A GLES renderer on the best EGL display there is, and a description of it for the log.
+fn init_gles() -> anyhow::Result<(GlesRenderer, String)> {
+    // A device with a render node is a real (or virtual) GPU; prefer it over software rendering.
+    let device = EGLDevice::enumerate().ok().and_then(|mut devices| {
+        devices.find(|device| {
+            !device.is_software() && device.try_get_render_node().ok().flatten().is_some()
+        })
+    });
+    let (display, what) = match device {
+        Some(device) => {
+            let node: Option<DrmNode> = device.try_get_render_node().ok().flatten();
+            let what = format!(
+                "EGL device {}",
+                node.map(|n| n.to_string()).unwrap_or_default()
+            );
+            // SAFETY: the device outlives nothing here; EGLDisplay keeps what it needs.
+            (
+                unsafe { EGLDisplay::new(device) }.context("EGL display on the device")?,
+                what,
+            )
+        }
+        None => (
+            // SAFETY: the surfaceless platform has no native resources to keep alive.
+            unsafe { EGLDisplay::new(EGLSurfacelessDisplay) }.context("EGL surfaceless display")?,
+            "the surfaceless EGL platform (software)".to_string(),
+        ),
+    };
+    let context = EGLContext::new(&display).context("EGL context")?;
+    // SAFETY: the context is fresh and only this renderer uses it.
+    let renderer = unsafe { GlesRenderer::new(context) }.context("GLES renderer")?;
+    Ok((renderer, what))
+}

@@ -1,0 +1,68 @@
+//! Backends: what drives the output and the input. A closed enum, as in niri: each method is a
+//! `match`, and a backend without a feature has a no-op arm.
+
+pub mod headless;
+pub mod winit;
+
+use smithay::backend::allocator::dmabuf::Dmabuf;
+use smithay::backend::allocator::format::FormatSet;
+use smithay::backend::drm::DrmNode;
+use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
+
+pub use self::headless::Headless;
+pub use self::winit::Winit;
+use crate::render::RenderedFrame;
+use crate::state::Core;
+
+pub enum Backend {
+    Headless(Headless),
+    Winit(Winit),
+}
+
+impl Backend {
+    pub fn render(&mut self, core: &Core, capture: bool) -> anyhow::Result<RenderedFrame> {
+        match self {
+            Backend::Headless(headless) => headless.render(core, capture),
+            Backend::Winit(winit) => winit.render(core, capture),
+        }
+    }
+
+    /// Which renderer draws (for the log and the tests).
+    pub fn renderer_name(&self) -> &'static str {
+        match self {
+            Backend::Headless(headless) => headless.renderer_name(),
+            Backend::Winit(_) => "gles",
+        }
+    }
+
+    pub fn dmabuf_formats(&mut self) -> FormatSet {
+        match self {
+            Backend::Headless(headless) => headless.dmabuf_formats(),
+            Backend::Winit(winit) => winit.dmabuf_formats(),
+        }
+    }
+
+    /// The render node clients should allocate dma-bufs on, where one is known.
+    pub fn render_node(&self) -> Option<DrmNode> {
+        match self {
+            Backend::Headless(_) => None,
+            Backend::Winit(winit) => winit.render_node(),
+        }
+    }
+
+    pub fn import_dmabuf(&mut self, dmabuf: &Dmabuf) -> anyhow::Result<()> {
+        match self {
+            Backend::Headless(headless) => headless.import_dmabuf(dmabuf),
+            Backend::Winit(winit) => winit.import_dmabuf(dmabuf),
+        }
+    }
+
+    /// What presentation feedback can truthfully claim about our timestamps.
+    pub fn presentation_flags(&self) -> wp_presentation_feedback::Kind {
+        match self {
+            Backend::Headless(headless) => headless.presentation_flags(),
+            // The host compositor shows the frame some time after our swap; we cannot know when.
+            Backend::Winit(_) => wp_presentation_feedback::Kind::empty(),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! One frame of the output: render, present, send frame callbacks, take a due screenshot.
+//!
+//! A calloop timer drives it at the output's refresh rate for every backend, so a client that
+//! never stops committing cannot make the compositor spin, and a quiet output costs one timer
+//! wake-up per frame with no rendering (the damage tracker skips undamaged frames).
+
+use std::time::{Duration, Instant};
+
+use smithay::backend::renderer::element::{
+    default_primary_scanout_output_compare, RenderElementStates,
+};
+use smithay::desktop::utils::{
+    surface_presentation_feedback_flags_from_states, surface_primary_scanout_output,
+    update_surface_primary_scanout_output, OutputPresentationFeedback,
+};
+use smithay::reexports::calloop::timer::{TimeoutAction, Timer};
+use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
+use smithay::utils::{Monotonic, Time};
+use smithay::wayland::presentation::Refresh;
+use tracing::{error, info};
+
+use crate::screenshot::Capture;
+use crate::state::{Core, State};
+
+/// Starts the frame timer; the first frame is rendered at once.
+pub fn start(state: &mut State) {
+    let interval = state.core.frame_interval;
+    let result =
+        state
+            .core
+            .loop_handle
+            .insert_source(Timer::immediate(), move |deadline, _, state| {
+                state.frame();
+                // Never schedule into the past: a slow frame delays the next one instead of bunching.
+                let next = (deadline + interval).max(Instant::now());
+                TimeoutAction::ToInstant(next)
+            });
+    if let Err(err) = result {
+        error!("cannot start the frame timer: {err}");
+    }
+}
+
+impl State {
+    /// Renders one frame and does everything that follows from it.
+    pub fn frame(&mut self) {
+        let windows_with_content = self.core.windows_with_content();
+        let plan_due = self
+            .core
+            .screenshot
+            .as_mut()
+            .is_some_and(|plan| plan.is_due(windows_with_content));
+        let capture = plan_due || !self.core.capture_requests.is_empty();
+        let frame = self.backend.render(&self.core, capture);
+        let now = self.core.clock.now();
+        match frame {
+            Ok(frame) => {
+                if frame.rendered {
+                    self.core.frames_rendered += 1;
+                    self.core
+                        .present(&frame.states, now, self.backend.presentation_flags());
+                }
+                if let Some(capture) = frame.capture {
+                    for request in std::mem::take(&mut self.core.capture_requests) {
+                        request(&capture);
+                    }
+                    if plan_due {
+                        self.core.finish_screenshot(capture);
+                    }
+                }
+            }
+            Err(err) => error!("frame failed: {err:#}"),
+        }
+        self.core.send_frame_callbacks(now);
+        self.core.space.refresh();
+        self.core.popups.cleanup();
+        if let Err(err) = self.core.display_handle.flush_clients() {
+            error!("flushing clients failed: {err}");
+        }
+    }
+}
+
+impl Core {
+    /// Answers the presentation feedback of every surface this frame showed.
+    fn present(
+        &mut self,
+        states: &RenderElementStates,
+        time: Time<Monotonic>,
+        flags: wp_presentation_feedback::Kind,
+    ) {
+        let output = &self.output;
+        let mut feedback = OutputPresentationFeedback::new(output);
+        for window in self.space.elements() {
+            window.with_surfaces(|surface, data| {
+                update_surface_primary_scanout_output(
+                    surface,
+                    output,
+                    data,
+                    states,
+                    default_primary_scanout_output_compare,
+                );
+            });
+            window.take_presentation_feedback(
+                &mut feedback,
+                surface_primary_scanout_output,
+                |surface, _| surface_presentation_feedback_flags_from_states(surface, states),
+            );
+        }
+        feedback.presented(
+            time,
+            Refresh::fixed(self.frame_interval),
+            self.frames_rendered,
+            flags,
+        );
+    }
+
+    fn send_frame_callbacks(&self, now: Time<Monotonic>) {
+        let output = self.output.clone();
+        let now: Duration = now.into();
+        for window in self.space.elements() {
+            window.send_frame(&output, now, Some(Duration::ZERO), |_, _| {
+                Some(output.clone())
+            });
+        }
+    }
+
+    fn finish_screenshot(&mut self, capture: Capture) {
+        let Some(plan) = self.screenshot.as_mut() else {
+            return;
+        };
+        plan.mark_taken();
+        match capture.write_png(&plan.path) {
+            Ok(()) => {
+                info!(path = %plan.path.display(), width = capture.width, height = capture.height, "screenshot written");
+                println!("fencegate: screenshot written to {}", plan.path.display());
+                if plan.exit_after {
+                    self.request_exit(0, "screenshot taken");
+                }
+            }
+            Err(err) => {
+                error!("writing the screenshot failed: {err:#}");
+                if plan.exit_after {
+                    self.request_exit(1, "screenshot failed");
+                }
+            }
+        }
+    }
+}

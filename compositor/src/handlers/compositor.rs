@@ -1,0 +1,62 @@
+//! wl_compositor, wl_subcompositor, wl_shm and buffer lifetimes.
+
+use smithay::backend::renderer::utils::on_commit_buffer_handler;
+use smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer;
+use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
+use smithay::reexports::wayland_server::Client;
+use smithay::wayland::buffer::BufferHandler;
+use smithay::wayland::compositor::{
+    get_parent, is_sync_subsurface, CompositorClientState, CompositorHandler, CompositorState,
+};
+use smithay::wayland::shm::{ShmHandler, ShmState};
+use smithay::{delegate_compositor, delegate_shm};
+
+use crate::state::{ClientState, State};
+
+impl CompositorHandler for State {
+    fn compositor_state(&mut self) -> &mut CompositorState {
+        &mut self.core.compositor_state
+    }
+
+    fn client_compositor_state<'a>(&self, client: &'a Client) -> &'a CompositorClientState {
+        &client
+            .get_data::<ClientState>()
+            .expect("every client is inserted with ClientState")
+            .compositor_state
+    }
+
+    fn new_surface(&mut self, _surface: &WlSurface) {
+        self.core.surfaces_alive += 1;
+    }
+
+    fn destroyed(&mut self, _surface: &WlSurface) {
+        self.core.surfaces_alive -= 1;
+    }
+
+    fn commit(&mut self, surface: &WlSurface) {
+        on_commit_buffer_handler::<Self>(surface);
+        if !is_sync_subsurface(surface) {
+            let mut root = surface.clone();
+            while let Some(parent) = get_parent(&root) {
+                root = parent;
+            }
+            if let Some(window) = self.core.window_for_surface(&root) {
+                window.on_commit();
+            }
+        }
+        self.core.xdg_commit(surface);
+    }
+}
+
+impl BufferHandler for State {
+    fn buffer_destroyed(&mut self, _buffer: &WlBuffer) {}
+}
+
+impl ShmHandler for State {
+    fn shm_state(&self) -> &ShmState {
+        &self.core.shm_state
+    }
+}
+
+delegate_compositor!(State);
+delegate_shm!(State);

@@ -1,0 +1,123 @@
+//! Input from the winit window: pointer and keyboard to the surface under the pointer or focused.
+
+use smithay::backend::input::{
+    AbsolutePositionEvent, Axis, AxisSource, ButtonState, Event, InputBackend, InputEvent,
+    KeyState, KeyboardKeyEvent, PointerAxisEvent, PointerButtonEvent,
+};
+use smithay::input::keyboard::{keysyms, FilterResult};
+use smithay::input::pointer::{AxisFrame, ButtonEvent, MotionEvent};
+use smithay::utils::SERIAL_COUNTER;
+
+use crate::state::State;
+
+impl State {
+    pub fn handle_input<B: InputBackend>(&mut self, event: InputEvent<B>) {
+        match event {
+            InputEvent::Keyboard { event } => self.on_key::<B>(event),
+            InputEvent::PointerMotionAbsolute { event } => {
+                let area = self.core.output_area();
+                let location = event.position_transformed(area.size) + area.loc.to_f64();
+                let under = self.core.surface_under(location);
+                if let Some(pointer) = self.core.seat.get_pointer() {
+                    let serial = SERIAL_COUNTER.next_serial();
+                    pointer.motion(
+                        self,
+                        under,
+                        &MotionEvent {
+                            location,
+                            serial,
+                            time: event.time_msec(),
+                        },
+                    );
+                    pointer.frame(self);
+                }
+            }
+            InputEvent::PointerButton { event } => {
+                let Some(pointer) = self.core.seat.get_pointer() else {
+                    return;
+                };
+                let serial = SERIAL_COUNTER.next_serial();
+                if event.state() == ButtonState::Pressed {
+                    // Click to focus and raise.
+                    let location = pointer.current_location();
+                    let window = self
+                        .core
+                        .space
+                        .element_under(location)
+                        .map(|(window, _)| window.clone());
+                    if let Some(window) = window {
+                        self.core.space.raise_element(&window, true);
+                        let surface = window
+                            .toplevel()
+                            .map(|toplevel| toplevel.wl_surface().clone());
+                        self.focus(surface);
+                    }
+                }
+                pointer.button(
+                    self,
+                    &ButtonEvent {
+                        button: event.button_code(),
+                        state: event.state(),
+                        serial,
+                        time: event.time_msec(),
+                    },
+                );
+                pointer.frame(self);
+            }
+            InputEvent::PointerAxis { event } => {
+                let Some(pointer) = self.core.seat.get_pointer() else {
+                    return;
+                };
+                let mut frame = AxisFrame::new(event.time_msec()).source(event.source());
+                for axis in [Axis::Horizontal, Axis::Vertical] {
+                    let amount = event
+                        .amount(axis)
+                        .unwrap_or_else(|| event.amount_v120(axis).unwrap_or(0.0) * 15.0 / 120.0);
+                    if amount != 0.0 {
+                        frame = frame.value(axis, amount);
+                        if let Some(discrete) = event.amount_v120(axis) {
+                            frame = frame.v120(axis, discrete as i32);
+                        }
+                    } else if event.source() == AxisSource::Finger {
+                        frame = frame.stop(axis);
+                    }
+                }
+                pointer.axis(self, frame);
+                pointer.frame(self);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_key<B: InputBackend>(&mut self, event: B::KeyboardKeyEvent) {
+        let Some(keyboard) = self.core.seat.get_keyboard() else {
+            return;
+        };
+        let serial = SERIAL_COUNTER.next_serial();
+        let pressed = event.state() == KeyState::Pressed;
+        // Alt+F4 closes the focused window; everything else goes to the client.
+        let close = keyboard.input::<bool, _>(
+            self,
+            event.key_code(),
+            event.state(),
+            serial,
+            event.time_msec(),
+            |_, modifiers, keysym| {
+                if pressed && modifiers.alt && keysym.modified_sym().raw() == keysyms::KEY_F4 {
+                    FilterResult::Intercept(true)
+                } else {
+                    FilterResult::Forward
+                }
+            },
+        );
+        if close == Some(true) {
+            if let Some(toplevel) = keyboard
+                .current_focus()
+                .and_then(|surface| self.core.window_for_surface(&surface))
+                .and_then(|w| w.toplevel().cloned())
+            {
+                toplevel.send_close();
+            }
+        }
+    }
+}

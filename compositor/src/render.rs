@@ -1,0 +1,101 @@
+//! Drawing the space onto one output, for any renderer, and reading the result back.
+
+use anyhow::anyhow;
+use smithay::backend::allocator::Fourcc;
+use smithay::backend::renderer::damage::OutputDamageTracker;
+use smithay::backend::renderer::element::surface::WaylandSurfaceRenderElement;
+use smithay::backend::renderer::element::RenderElementStates;
+use smithay::backend::renderer::{Color32F, ExportMem, ImportAll, Renderer, Texture};
+use smithay::utils::{Physical, Rectangle};
+
+use crate::screenshot::Capture;
+use crate::state::Core;
+
+/// The output's background: dark enough that any client content stands out in a screenshot.
+pub const CLEAR_COLOR: Color32F = Color32F::new(0.08, 0.08, 0.1, 1.0);
+
+/// What one render pass did.
+pub struct RenderedFrame {
+    /// False when nothing was damaged and the renderer skipped the frame.
+    pub rendered: bool,
+    /// What changed, where the renderer knows (None: everything).
+    pub damage: Option<Vec<Rectangle<i32, Physical>>>,
+    /// Which surfaces ended up on screen and how; feeds presentation feedback.
+    pub states: RenderElementStates,
+    pub capture: Option<Capture>,
+}
+
+/// Renders `core`'s space onto `framebuffer`; with `capture`, redraws everything and reads the
+/// pixels back (offscreen targets only: see `Winit::capture`).
+pub fn render_space<R>(
+    renderer: &mut R,
+    framebuffer: &mut R::Framebuffer<'_>,
+    damage_tracker: &mut OutputDamageTracker,
+    buffer_age: usize,
+    core: &Core,
+    capture: bool,
+) -> anyhow::Result<RenderedFrame>
+where
+    R: Renderer + ImportAll + ExportMem,
+    R::TextureId: Clone + Texture + 'static,
+{
+    // Age 0 forces a full redraw, so a capture never reads stale regions.
+    let age = if capture { 0 } else { buffer_age };
+    let result = smithay::desktop::space::render_output::<_, WaylandSurfaceRenderElement<R>, _, _>(
+        &core.output,
+        renderer,
+        framebuffer,
+        1.0,
+        age,
+        [&core.space],
+        &[],
+        damage_tracker,
+        CLEAR_COLOR,
+    )
+    .map_err(|err| anyhow!("rendering the output failed: {err:?}"))?;
+    let rendered = result.damage.is_some();
+    let damage = result.damage.cloned();
+    let states = result.states;
+
+    let capture = if capture {
+        Some(read_back(renderer, framebuffer, core)?)
+    } else {
+        None
+    };
+    Ok(RenderedFrame {
+        rendered,
+        damage,
+        states,
+        capture,
+    })
+}
+
+fn read_back<R>(
+    renderer: &mut R,
+    framebuffer: &R::Framebuffer<'_>,
+    core: &Core,
+) -> anyhow::Result<Capture>
+where
+    R: Renderer + ExportMem,
+{
+    let mode = core
+        .output
+        .current_mode()
+        .ok_or_else(|| anyhow!("output has no mode"))?;
+    let (width, height) = (mode.size.w, mode.size.h);
+    let region = Rectangle::from_size((width, height).into());
+    // Abgr8888 is R, G, B, A in memory order: exactly what PNG wants.
+    let mapping = renderer
+        .copy_framebuffer(framebuffer, region, Fourcc::Abgr8888)
+        .map_err(|err| anyhow!("reading the framebuffer back failed: {err:?}"))?;
+    let bytes = renderer
+        .map_texture(&mapping)
+        .map_err(|err| anyhow!("mapping the framebuffer copy failed: {err:?}"))?;
+    // Offscreen targets only: Smithay's projection flips them, so rows come top first.
+    let rgba = bytes[..width as usize * 4 * height as usize].to_vec();
+    Ok(Capture {
+        width: width as u32,
+        height: height as u32,
+        rgba,
+    })
+}

@@ -1,0 +1,250 @@
+//! Building the compositor: display, backend, output, protocol globals, then the sources that
+//! feed the loop. `run` is the whole life of a `fencegate` process.
+
+use anyhow::{anyhow, bail, Context};
+use smithay::desktop::{PopupManager, Space, WindowSurfaceType};
+use smithay::input::keyboard::XkbConfig;
+use smithay::input::SeatState;
+use smithay::output::{Mode, Output, PhysicalProperties, Subpixel};
+use smithay::reexports::calloop::generic::Generic;
+use smithay::reexports::calloop::{EventLoop, Interest, LoopHandle, Mode as FdMode, PostAction};
+use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
+use smithay::reexports::wayland_server::{Display, DisplayHandle};
+use smithay::utils::{Clock, Logical, Monotonic, Point, Rectangle, Transform};
+use smithay::wayland::compositor::CompositorState;
+use smithay::wayland::dmabuf::{DmabufFeedbackBuilder, DmabufState};
+use smithay::wayland::output::OutputManagerState;
+use smithay::wayland::presentation::PresentationState;
+use smithay::wayland::selection::data_device::DataDeviceState;
+use smithay::wayland::shell::xdg::XdgShellState;
+use smithay::wayland::shm::ShmState;
+use smithay::wayland::viewporter::ViewporterState;
+use tracing::{info, warn};
+
+use crate::backend::{Backend, Headless, Winit};
+use crate::config::{BackendChoice, Config};
+use crate::placement::Cascade;
+use crate::screenshot::ScreenshotPlan;
+use crate::state::{Core, State};
+use crate::{frame_clock, socket, spawn};
+
+/// Extra wiring for a compositor embedded in another program (tests, `fencegate check`).
+pub type Setup = Box<dyn FnOnce(&mut State) -> anyhow::Result<()>>;
+
+/// Runs a compositor until it is asked to stop; returns the exit status it should end with.
+/// `setup` runs once everything is built, before the first frame.
+pub fn run(config: Config, setup: Option<Setup>) -> anyhow::Result<i32> {
+    let mut event_loop: EventLoop<'static, State> =
+        EventLoop::try_new().context("creating the event loop")?;
+    let display: Display<State> = Display::new().context("creating the Wayland display")?;
+    let mut state = build_state(
+        &config,
+        display.handle(),
+        event_loop.handle(),
+        event_loop.get_signal(),
+    )?;
+
+    event_loop
+        .handle()
+        .insert_source(
+            Generic::new(display, Interest::READ, FdMode::Level),
+            |_, display, state| {
+                // SAFETY: the display is owned by this source and never dropped while dispatching.
+                let display = unsafe { display.get_mut() };
+                if let Err(err) = display.dispatch_clients(state) {
+                    warn!("dispatching clients failed: {err}");
+                }
+                Ok(PostAction::Continue)
+            },
+        )
+        .map_err(|err| anyhow!("inserting the display source: {err}"))?;
+
+    let socket_name = socket::listen(config.socket.as_deref(), &event_loop.handle())?;
+    println!(
+        "fencegate: listening on WAYLAND_DISPLAY={socket_name} (backend {:?}, renderer {})",
+        config.backend.resolve(),
+        state.backend.renderer_name()
+    );
+    state.core.socket_name = socket_name.clone();
+
+    if !config.command.is_empty() {
+        spawn::spawn_client(&config.command, &socket_name, &event_loop.handle())?;
+    }
+    if let Some(setup) = setup {
+        setup(&mut state)?;
+    }
+    frame_clock::start(&mut state);
+
+    event_loop
+        .run(None, &mut state, |state| {
+            if let Err(err) = state.core.display_handle.flush_clients() {
+                warn!("flushing clients failed: {err}");
+            }
+        })
+        .context("running the event loop")?;
+
+    let code = state.core.exit_code.unwrap_or(0);
+    // Dropping the state and the loop removes the socket and its lock file.
+    drop(state);
+    drop(event_loop);
+    Ok(code)
+}
+
+fn build_state(
+    config: &Config,
+    display_handle: DisplayHandle,
+    loop_handle: LoopHandle<'static, State>,
+    loop_signal: smithay::reexports::calloop::LoopSignal,
+) -> anyhow::Result<State> {
+    let (mut backend, winit_events) = match config.backend.resolve() {
+        BackendChoice::Headless => (
+            Backend::Headless(Headless::new(
+                config.size.width,
+                config.size.height,
+                config.pixman,
+            )?),
+            None,
+        ),
+        BackendChoice::Winit => {
+            let (winit, events) = Winit::new()?;
+            (Backend::Winit(winit), Some(events))
+        }
+        BackendChoice::Drm => {
+            bail!("the DRM backend is not built yet; use --backend headless or --backend winit")
+        }
+        BackendChoice::Auto => unreachable!("resolve() never returns Auto"),
+    };
+
+    let (size, model) = match &backend {
+        Backend::Headless(headless) => (headless.size(), "headless"),
+        Backend::Winit(winit) => (winit.window_size(), "winit"),
+    };
+    let refresh_mhz = (config.refresh * 1000.0).round() as i32;
+    let mode = Mode {
+        size,
+        refresh: refresh_mhz,
+    };
+    let output = Output::new(
+        format!("{}-1", model.to_uppercase()),
+        PhysicalProperties {
+            size: (0, 0).into(),
+            subpixel: Subpixel::Unknown,
+            make: "fencegate".into(),
+            model: model.into(),
+        },
+    );
+    output.change_current_state(
+        Some(mode),
+        Some(Transform::Normal),
+        None,
+        Some((0, 0).into()),
+    );
+    output.set_preferred(mode);
+    let _global = output.create_global::<State>(&display_handle);
+
+    let clock = Clock::<Monotonic>::new();
+    let mut seat_state = SeatState::new();
+    let mut seat = seat_state.new_wl_seat(&display_handle, "seat0");
+    if let Err(err) = seat.add_keyboard(XkbConfig::default(), 200, 25) {
+        warn!("no keyboard: the XKB keymap failed to load ({err:?}); is xkb-data installed?");
+    }
+    seat.add_pointer();
+
+    let mut space = Space::default();
+    space.map_output(&output, (0, 0));
+
+    let dmabuf = create_dmabuf_global(&mut backend, &display_handle);
+    let core = Core {
+        compositor_state: CompositorState::new::<State>(&display_handle),
+        xdg_shell_state: XdgShellState::new::<State>(&display_handle),
+        shm_state: ShmState::new::<State>(&display_handle, vec![]),
+        seat_state,
+        output_manager_state: OutputManagerState::new_with_xdg_output::<State>(&display_handle),
+        data_device_state: DataDeviceState::new::<State>(&display_handle),
+        viewporter_state: ViewporterState::new::<State>(&display_handle),
+        presentation_state: PresentationState::new::<State>(&display_handle, clock.id() as u32),
+        dmabuf,
+        space,
+        popups: PopupManager::default(),
+        seat,
+        output,
+        placement: Cascade::default(),
+        socket_name: String::new(),
+        screenshot: config.screenshot.clone().map(|path| {
+            ScreenshotPlan::new(
+                path,
+                config.screenshot_after_frames,
+                config.screenshot_windows,
+                config.exit_after_screenshot,
+            )
+        }),
+        exit_code: None,
+        frames_rendered: 0,
+        frame_interval: config.frame_interval(),
+        surfaces_alive: 0,
+        capture_requests: Vec::new(),
+        display_handle,
+        loop_handle: loop_handle.clone(),
+        loop_signal,
+        clock,
+    };
+    if let Some(events) = winit_events {
+        Winit::insert_events(events, &loop_handle)?;
+    }
+    Ok(State { backend, core })
+}
+
+/// linux-dmabuf with what the renderer imports: version 4+ with default feedback where the
+/// render node is known, version 3 where it is not, none where no format is importable.
+fn create_dmabuf_global(
+    backend: &mut Backend,
+    display_handle: &DisplayHandle,
+) -> Option<(DmabufState, smithay::wayland::dmabuf::DmabufGlobal)> {
+    let formats = backend.dmabuf_formats();
+    if formats.iter().next().is_none() {
+        info!("linux-dmabuf not advertised: the renderer imports no dma-buf format");
+        return None;
+    }
+    let mut state = DmabufState::new();
+    let feedback = backend.render_node().and_then(|node| {
+        DmabufFeedbackBuilder::new(node.dev_id(), formats.clone())
+            .build()
+            .inspect_err(|err| warn!("cannot build dma-buf feedback for {node}: {err}"))
+            .ok()
+            .map(|feedback| (node, feedback))
+    });
+    let global = match feedback {
+        Some((node, feedback)) => {
+            info!(%node, formats = formats.iter().count(), "linux-dmabuf v5 with default feedback");
+            state.create_global_with_default_feedback::<State>(display_handle, &feedback)
+        }
+        None => {
+            info!(
+                formats = formats.iter().count(),
+                "linux-dmabuf v3 (no render node for feedback)"
+            );
+            state.create_global::<State>(display_handle, formats.into_iter().collect::<Vec<_>>())
+        }
+    };
+    Some((state, global))
+}
+
+impl Core {
+    /// The output's area in the space.
+    pub fn output_area(&self) -> Rectangle<i32, Logical> {
+        self.space
+            .output_geometry(&self.output)
+            .unwrap_or_else(|| Rectangle::from_size((1, 1).into()))
+    }
+
+    /// The surface under `location` (space coordinates) and that surface's origin.
+    pub fn surface_under(
+        &self,
+        location: Point<f64, Logical>,
+    ) -> Option<(WlSurface, Point<f64, Logical>)> {
+        let (window, window_loc) = self.space.element_under(location)?;
+        window
+            .surface_under(location - window_loc.to_f64(), WindowSurfaceType::ALL)
+            .map(|(surface, surface_loc)| (surface, (surface_loc + window_loc).to_f64()))
+    }
+}

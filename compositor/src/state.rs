@@ -1,0 +1,122 @@
+//! The compositor's state, split the niri way: [`State`] is what Smithay dispatches to; it holds
+//! the [`Backend`] and the backend-independent [`Core`], so both can be borrowed mutably at once.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use smithay::desktop::{PopupManager, Space, Window};
+use smithay::input::{Seat, SeatState};
+use smithay::output::Output;
+use smithay::reexports::calloop::{LoopHandle, LoopSignal};
+use smithay::reexports::wayland_server::backend::{ClientData, ClientId, DisconnectReason};
+use smithay::reexports::wayland_server::DisplayHandle;
+use smithay::utils::{Clock, Monotonic};
+use smithay::wayland::compositor::{CompositorClientState, CompositorState};
+use smithay::wayland::dmabuf::{DmabufGlobal, DmabufState};
+use smithay::wayland::output::OutputManagerState;
+use smithay::wayland::presentation::PresentationState;
+use smithay::wayland::selection::data_device::DataDeviceState;
+use smithay::wayland::shell::xdg::XdgShellState;
+use smithay::wayland::shm::ShmState;
+use smithay::wayland::viewporter::ViewporterState;
+use tracing::info;
+
+use crate::backend::Backend;
+use crate::placement::Cascade;
+use crate::screenshot::{Capture, ScreenshotPlan};
+
+/// Everything Smithay dispatches to.
+pub struct State {
+    pub backend: Backend,
+    pub core: Core,
+}
+
+/// Backend-independent compositor state.
+pub struct Core {
+    pub display_handle: DisplayHandle,
+    pub loop_handle: LoopHandle<'static, State>,
+    pub loop_signal: LoopSignal,
+    /// The presentation clock (CLOCK_MONOTONIC); also the time base of frame callbacks.
+    pub clock: Clock<Monotonic>,
+
+    // Protocol globals. Dropping one removes its global.
+    pub compositor_state: CompositorState,
+    pub xdg_shell_state: XdgShellState,
+    pub shm_state: ShmState,
+    pub seat_state: SeatState<State>,
+    pub output_manager_state: OutputManagerState,
+    pub data_device_state: DataDeviceState,
+    pub viewporter_state: ViewporterState,
+    pub presentation_state: PresentationState,
+    /// None where the renderer imports no dma-buf format (the log says why).
+    pub dmabuf: Option<(DmabufState, DmabufGlobal)>,
+
+    // Desktop.
+    pub space: Space<Window>,
+    pub popups: PopupManager,
+    pub seat: Seat<State>,
+    pub output: Output,
+    pub placement: Cascade,
+
+    // Session.
+    pub socket_name: String,
+    pub screenshot: Option<ScreenshotPlan>,
+    /// Set when the loop should stop; the process exits with this status.
+    pub exit_code: Option<i32>,
+    /// Frames rendered (not skipped for lack of damage): the presentation sequence number.
+    pub frames_rendered: u64,
+    pub frame_interval: Duration,
+    /// wl_surfaces that exist now, across all clients (a leak shows here).
+    pub surfaces_alive: usize,
+    /// Asked-for captures of the next frame (embedders and tests).
+    pub capture_requests: Vec<Box<dyn FnOnce(&Capture)>>,
+}
+
+impl Core {
+    /// Asks the loop to stop; `fencegate` then exits with `code` (the first one asked wins).
+    pub fn request_exit(&mut self, code: i32, why: &str) {
+        if self.exit_code.is_none() {
+            info!(code, why, "shutting down");
+            self.exit_code = Some(code);
+        }
+        self.loop_signal.stop();
+        self.loop_signal.wakeup();
+    }
+
+    /// Mapped toplevels that have committed a buffer: what a screenshot waits for.
+    pub fn windows_with_content(&self) -> usize {
+        self.space
+            .elements()
+            .filter(|window| {
+                window.toplevel().is_some_and(|toplevel| {
+                    smithay::backend::renderer::utils::with_renderer_surface_state(
+                        toplevel.wl_surface(),
+                        |state| state.buffer().is_some(),
+                    )
+                    .unwrap_or(false)
+                })
+            })
+            .count()
+    }
+}
+
+/// Per-client data Smithay needs.
+#[derive(Default)]
+pub struct ClientState {
+    pub compositor_state: CompositorClientState,
+}
+
+impl ClientData for ClientState {
+    fn initialized(&self, client_id: ClientId) {
+        tracing::debug!(?client_id, "client connected");
+    }
+
+    fn disconnected(&self, client_id: ClientId, reason: DisconnectReason) {
+        tracing::debug!(?client_id, ?reason, "client disconnected");
+    }
+}
+
+/// Client data to insert a new client with.
+pub fn new_client_data() -> Arc<ClientState> {
+    Arc::new(ClientState::default())
+}

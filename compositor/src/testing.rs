@@ -1,0 +1,241 @@
+//! An embedded compositor for tests and tools: [`TestServer`] runs a real headless `fencegate`
+//! on its own thread and its own socket, and answers questions about its state.
+//!
+//! Clients connect over the real socket, exactly as they would to the binary; only the questions
+//! (what is mapped, how many surfaces exist, what is on screen) take a side channel.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use smithay::reexports::calloop::channel::{self, Event, Sender};
+use smithay::utils::{Logical, Rectangle};
+
+use crate::config::Config;
+use crate::screenshot::Capture;
+use crate::state::State;
+
+/// What a test can ask the server.
+enum Request {
+    Snapshot(mpsc::Sender<Snapshot>),
+    Capture(mpsc::Sender<Capture>),
+    Stop,
+}
+
+/// The compositor's state as the test sees it.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Mapped toplevels, bottom to top, with their geometry in output coordinates.
+    pub windows: Vec<WindowInfo>,
+    pub windows_with_content: usize,
+    /// wl_surfaces alive across all clients.
+    pub surfaces_alive: usize,
+    pub frames_rendered: u64,
+    pub renderer: &'static str,
+    pub dmabuf_global: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct WindowInfo {
+    pub title: Option<String>,
+    pub app_id: Option<String>,
+    pub geometry: Rectangle<i32, Logical>,
+}
+
+/// A headless fencegate on a private socket, stopped and cleaned up on drop.
+pub struct TestServer {
+    socket: PathBuf,
+    requests: Sender<Request>,
+    thread: Option<JoinHandle<anyhow::Result<i32>>>,
+}
+
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl TestServer {
+    /// Starts a headless server with `config` (its backend and socket are overridden).
+    pub fn start(mut config: Config) -> anyhow::Result<TestServer> {
+        static SERVERS: AtomicU32 = AtomicU32::new(0);
+        let socket = std::env::temp_dir().join(format!(
+            "fencegate-test-{}-{}.sock",
+            std::process::id(),
+            SERVERS.fetch_add(1, Ordering::Relaxed)
+        ));
+        config.backend = crate::BackendChoice::Headless;
+        config.socket = Some(
+            socket
+                .to_str()
+                .context("temp dir is not UTF-8")?
+                .to_string(),
+        );
+
+        let (requests, receiver) = channel::channel::<Request>();
+        let (ready_tx, ready_rx) = mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("fencegate-test-server".into())
+            .spawn(move || {
+                let setup: crate::Setup = Box::new(move |state: &mut State| {
+                    state
+                        .core
+                        .loop_handle
+                        .insert_source(receiver, |event, _, state| {
+                            if let Event::Msg(request) = event {
+                                answer(state, request);
+                            }
+                        })
+                        .map_err(|err| anyhow!("inserting the test channel: {err}"))?;
+                    let _ = ready_tx.send(());
+                    Ok(())
+                });
+                crate::run(config, Some(setup))
+            })
+            .context("starting the server thread")?;
+        let mut server = TestServer {
+            socket,
+            requests,
+            thread: Some(thread),
+        };
+        if ready_rx.recv_timeout(ANSWER_TIMEOUT).is_err() {
+            let err = server
+                .join()
+                .err()
+                .unwrap_or_else(|| anyhow!("server did not start"));
+            return Err(err.context("the test server failed to start"));
+        }
+        Ok(server)
+    }
+
+    /// What WAYLAND_DISPLAY should be for clients of this server (an absolute path).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn socket_str(&self) -> &str {
+        self.socket.to_str().expect("created from a str")
+    }
+
+    pub fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        self.ask(Request::Snapshot)
+    }
+
+    /// The output as drawn by the next frame.
+    pub fn capture(&self) -> anyhow::Result<Capture> {
+        self.ask(Request::Capture)
+    }
+
+    /// Polls `snapshot` until `cond` holds.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut cond: impl FnMut(&Snapshot) -> bool,
+    ) -> anyhow::Result<Snapshot> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let snapshot = self.snapshot()?;
+            if cond(&snapshot) {
+                return Ok(snapshot);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(anyhow!(
+                    "timed out waiting for {what}; last snapshot: {snapshot:#?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the server and returns its exit status.
+    pub fn stop(mut self) -> anyhow::Result<i32> {
+        let _ = self.requests.send(Request::Stop);
+        self.join()
+    }
+
+    fn join(&mut self) -> anyhow::Result<i32> {
+        let thread = self
+            .thread
+            .take()
+            .ok_or_else(|| anyhow!("already stopped"))?;
+        thread
+            .join()
+            .map_err(|_| anyhow!("the server thread panicked"))?
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(mpsc::Sender<T>) -> Request) -> anyhow::Result<T> {
+        let (tx, rx) = mpsc::channel();
+        self.requests
+            .send(make(tx))
+            .map_err(|_| anyhow!("the server is gone"))?;
+        rx.recv_timeout(ANSWER_TIMEOUT)
+            .map_err(|_| anyhow!("the server did not answer"))
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            let _ = self.requests.send(Request::Stop);
+            let _ = self.join();
+        }
+    }
+}
+
+fn answer(state: &mut State, request: Request) {
+    match request {
+        Request::Snapshot(reply) => {
+            let _ = reply.send(snapshot(state));
+        }
+        Request::Capture(reply) => {
+            state
+                .core
+                .capture_requests
+                .push(Box::new(move |capture: &Capture| {
+                    let _ = reply.send(Capture {
+                        width: capture.width,
+                        height: capture.height,
+                        rgba: capture.rgba.clone(),
+                    });
+                }));
+        }
+        Request::Stop => state.core.request_exit(0, "test server stopped"),
+    }
+}
+
+fn snapshot(state: &State) -> Snapshot {
+    use smithay::wayland::compositor::with_states;
+    use smithay::wayland::shell::xdg::XdgToplevelSurfaceData;
+
+    let core = &state.core;
+    let windows = core
+        .space
+        .elements()
+        .filter_map(|window| {
+            let toplevel = window.toplevel()?;
+            let (title, app_id) = with_states(toplevel.wl_surface(), |states| {
+                let data = states
+                    .data_map
+                    .get::<XdgToplevelSurfaceData>()?
+                    .lock()
+                    .ok()?;
+                Some((data.title.clone(), data.app_id.clone()))
+            })
+            .unwrap_or_default();
+            let geometry = core.space.element_geometry(window)?;
+            Some(WindowInfo {
+                title,
+                app_id,
+                geometry,
+            })
+        })
+        .collect();
+    Snapshot {
+        windows,
+        windows_with_content: core.windows_with_content(),
+        surfaces_alive: core.surfaces_alive,
+        frames_rendered: core.frames_rendered,
+        renderer: state.backend.renderer_name(),
+        dmabuf_global: core.dmabuf.is_some(),
+    }
+}

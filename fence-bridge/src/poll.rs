@@ -1,0 +1,126 @@
+//! [`FencePollFd`]: an fd that becomes readable when a fence signals, for poll loops and CPU
+//! clients. Created only on request.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
+
+use crate::fence::{Fence, TARGET};
+use crate::stats;
+
+pub(crate) type SharedEventFd = Arc<OwnedFd>;
+
+/// An fd that becomes readable (`POLLIN`) when its fence signals, and stays readable — like a
+/// sync_file. Returned by [`Fence::poll_fd`].
+///
+/// It is an eventfd written by a fence callback; nobody reads it, so it is level-triggered
+/// for good. Register it with calloop/epoll, or block on it with
+/// [`wait_readable`](FencePollFd::wait_readable). Clones share one fd, which is closed when the
+/// last clone and the fence's callback are gone.
+#[derive(Debug, Clone)]
+pub struct FencePollFd {
+    fd: SharedEventFd,
+}
+
+impl FencePollFd {
+    /// Polls the fd for readability for up to `timeout` (`None`: forever). Returns whether it is
+    /// readable, i.e. whether the fence signalled. Retries on `EINTR`.
+    pub fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let remaining = match (timeout, deadline) {
+                (None, _) | (Some(_), None) => None,
+                (Some(_), Some(deadline)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    Some(rustix::time::Timespec {
+                        tv_sec: left.as_secs() as i64,
+                        tv_nsec: left.subsec_nanos() as _,
+                    })
+                }
+            };
+            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+            match poll(&mut fds, remaining.as_ref()) {
+                Ok(n) => return Ok(n > 0 && fds[0].revents().contains(PollFlags::IN)),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+    }
+
+    /// Whether the fd is readable right now (a zero-timeout poll).
+    pub fn is_readable(&self) -> io::Result<bool> {
+        self.wait_readable(Some(Duration::ZERO))
+    }
+}
+
+impl AsFd for FencePollFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for FencePollFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+fn notify(fd: &OwnedFd) {
+    // The counter cannot overflow with one write per fence; EAGAIN would only mean "readable".
+    let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
+}
+
+impl Fence {
+    /// An fd that becomes readable when this fence signals (what makes a software timeline
+    /// "poll-able", like sw_sync's sync_files).
+    ///
+    /// The first call creates one eventfd for this fence and adds a callback that writes it
+    /// (which enables signalling); later calls return the same fd. No eventfd exists before the
+    /// first call. On an already-signalled fence the eventfd is created readable — check
+    /// [`Fence::is_signaled`] first if you can avoid the fd altogether.
+    ///
+    /// # Errors
+    ///
+    /// If the eventfd cannot be created (e.g. `EMFILE`).
+    ///
+    /// ```
+    /// use fence_bridge::SwTimeline;
+    /// use std::time::Duration;
+    ///
+    /// let timeline = SwTimeline::new("doc");
+    /// let fence = timeline.create_fence(1);
+    /// let fd = fence.poll_fd()?;
+    /// assert!(!fd.is_readable()?);
+    /// timeline.advance(1);
+    /// assert!(fd.wait_readable(Some(Duration::from_secs(10)))?);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn poll_fd(&self) -> io::Result<FencePollFd> {
+        let fd = {
+            let mut st = self.inner.lock();
+            if let Some(fd) = &st.poll_fd {
+                return Ok(FencePollFd { fd: fd.clone() });
+            }
+            let fd: SharedEventFd =
+                Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?);
+            stats::bump(&stats::EVENTFDS_CREATED);
+            st.poll_fd = Some(fd.clone());
+            fd
+        };
+        tracing::trace!(
+            target: TARGET,
+            context = self.context().as_u64(),
+            seqno = self.seqno(),
+            fd = fd.as_raw_fd(),
+            "fence poll fd created"
+        );
+        let for_callback = fd.clone();
+        if self.add_callback(move |_| notify(&for_callback)).is_err() {
+            notify(&fd);
+        }
+        Ok(FencePollFd { fd })
+    }
+}

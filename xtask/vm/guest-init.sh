@@ -1,0 +1,60 @@
+# fencegate VM guest, stage 2: PID 1 on the host's / (read-only 9p), run by busybox sh.
+#
+# Mounts the pseudo filesystems and tmpfs on /tmp, loads the DRM modules from the extracted
+# kernel tree, runs the job the host wrote to the writable 9p share (tag "fgjob", mounted on
+# /run/fencegate/job), writes its exit code there and powers off. Files in the job dir:
+#   guest.env   (host -> guest) FG_KVER, FG_MODROOT, FG_MODULES, FG_STRICT_MODULES
+#   job.sh      (host -> guest) cd + `exec env -i VARS... command`, run with /bin/bash
+#   stdout, stderr           (guest -> host) the command's output
+#   exit-code                (guest -> host) written last: its presence means the job finished
+#   boot-seconds             (guest -> host) guest uptime when the command started
+#   guest.log                (guest -> host) this script's own messages
+BB=/run/fencegate/busybox
+JOB=/run/fencegate/job
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+log() { echo "fencegate-vm: $*" >/dev/console; [ -w "$JOB" ] && echo "$*" >>"$JOB/guest.log"; }
+finish() {
+    $BB sync
+    $BB umount "$JOB" 2>/dev/null
+    $BB poweroff -f
+    echo o >/proc/sysrq-trigger
+    $BB sleep 5
+    $BB reboot -f
+}
+die() { log "FATAL: $*"; finish; }
+
+$BB mount -t proc proc /proc || die "mount /proc"
+$BB mount -t sysfs sysfs /sys || die "mount /sys"
+$BB mkdir -p /dev/pts /dev/shm
+$BB mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
+$BB mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+$BB mount -t tmpfs -o mode=1777 tmpfs /tmp || die "tmpfs on /tmp"
+$BB mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+$BB mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 fgjob "$JOB" || die "mount job share (tag fgjob)"
+[ -f "$JOB/guest.env" ] || die "no guest.env in the job share"
+. "$JOB/guest.env"
+
+# The host has no /lib/modules/$FG_KVER (and / is read-only here), so every modprobe is pointed
+# at the extracted kernel tree: MODPROBE_OPTIONS for userspace, a wrapper for the kernel's own
+# request_module().
+printf '#!/bin/sh\nexec /sbin/modprobe -d "%s" "$@"\n' "$FG_MODROOT" >/run/fencegate/modprobe
+$BB chmod 755 /run/fencegate/modprobe
+echo /run/fencegate/modprobe >/proc/sys/kernel/modprobe
+export MODPROBE_OPTIONS="-d $FG_MODROOT"
+for m in $FG_MODULES; do
+    if ! /sbin/modprobe "$m" >>"$JOB/guest.log" 2>&1; then
+        log "modprobe $m failed"
+        [ "${FG_STRICT_MODULES:-1}" = 1 ] && die "module $m could not be loaded"
+    fi
+done
+# Probing is synchronous for these drivers, but give devtmpfs a moment for the nodes.
+i=0
+while [ $i -lt 20 ] && ! $BB ls /dev/dri/card* >/dev/null 2>&1; do $BB sleep 0.1; i=$((i+1)); done
+$BB ls -l /dev/dri >>"$JOB/guest.log" 2>&1
+
+$BB cut -d' ' -f1 /proc/uptime >"$JOB/boot-seconds"
+/bin/bash "$JOB/job.sh" </dev/null >"$JOB/stdout" 2>"$JOB/stderr"
+code=$?
+echo "$code" >"$JOB/exit-code.tmp" && $BB mv "$JOB/exit-code.tmp" "$JOB/exit-code"
+finish
