@@ -23,7 +23,9 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     let screenshot = out_dir.join("fencegate-demo.png");
     let _ = std::fs::remove_file(&screenshot);
-    let runtime_dir = runtime_dir()?;
+    let log_path = out_dir.join("fencegate-demo.log");
+    let log = std::fs::File::create(&log_path)?;
+    let (runtime_dir, made_runtime_dir) = runtime_dir()?;
     let nested = ["WAYLAND_DISPLAY", "DISPLAY"]
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|s| !s.is_empty()));
@@ -47,63 +49,88 @@ pub fn run() -> Result<()> {
             "--screenshot-windows",
             "2",
         ])
-        .args(["--screenshot-after-frames", "30", "--exit-after-screenshot"])
+        .args(["--screenshot-after-frames", "30"])
         .env("XDG_RUNTIME_DIR", &runtime_dir)
         .stdout(Stdio::piped())
+        .stderr(log.try_clone()?)
         .spawn()
         .context("starting fencegate")?;
     let lines = forward_lines(compositor.stdout.take().unwrap());
-    let listening =
-        wait_line(&lines, "listening on", STARTUP_TIMEOUT).context("fencegate did not start")?;
-    println!("{listening}");
+    let listening = wait_line(&lines, "listening on", STARTUP_TIMEOUT)
+        .with_context(|| format!("fencegate did not start; its log: {}", log_path.display()))?;
 
-    let client_env = |c: &mut Command| {
-        c.env("XDG_RUNTIME_DIR", &runtime_dir)
+    let client = |program: &Path, args: &[&str]| -> Result<Child> {
+        Command::new(program)
+            .args(args)
+            .env("XDG_RUNTIME_DIR", &runtime_dir)
             .env("WAYLAND_DISPLAY", &socket)
-            .env_remove("DISPLAY");
+            .env_remove("DISPLAY")
+            .stdout(log.try_clone()?)
+            .stderr(log.try_clone()?)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))
     };
-    let mut ours = Command::new(bin.join("shm-client"));
-    ours.args(["--title", "fencegate shm-client"]);
-    client_env(&mut ours);
-    let mut theirs = Command::new("weston-simple-shm");
-    client_env(&mut theirs);
     let mut clients = Clients(vec![
         (
             "shm-client (example-clients)",
-            ours.spawn().context("starting shm-client")?,
+            client(
+                &bin.join("shm-client"),
+                &["--title", "fencegate shm-client"],
+            )?,
         ),
         (
             "weston-simple-shm (Debian)",
-            theirs.spawn().context("starting weston-simple-shm")?,
+            client(Path::new("weston-simple-shm"), &[])?,
         ),
     ]);
 
-    let status = wait_child(&mut compositor, SCREENSHOT_TIMEOUT)?;
-    let written = lines
-        .try_iter()
-        .any(|line| line.contains("screenshot written"));
+    let written = wait_line(&lines, "screenshot written", SCREENSHOT_TIMEOUT);
+    // Clients first, so none of them reports its compositor vanishing; then fencegate, the way
+    // a user stops it.
     clients.stop();
-    if !status.success() || !written || !screenshot.exists() {
+    let _ = Command::new("kill")
+        .args(["-TERM", &compositor.id().to_string()])
+        .status();
+    let status = wait_child(&mut compositor, STARTUP_TIMEOUT)?;
+    if made_runtime_dir {
+        let _ = std::fs::remove_dir_all(&runtime_dir);
+    }
+    if let Err(err) = written {
         bail!(
-            "fencegate ended with {status} without writing {}",
-            screenshot.display()
+            "fencegate did not write {} ({err:#}); its log: {}",
+            screenshot.display(),
+            log_path.display()
         );
     }
-    summary(backend, &socket, &clients, &screenshot, started.elapsed());
+    if !status.success() {
+        bail!(
+            "fencegate ended with {status}; its log: {}",
+            log_path.display()
+        );
+    }
+    summary(
+        &listening,
+        &clients,
+        &screenshot,
+        &log_path,
+        started.elapsed(),
+    );
     Ok(())
 }
 
-fn summary(backend: &str, socket: &str, clients: &Clients, screenshot: &Path, took: Duration) {
+fn summary(listening: &str, clients: &Clients, screenshot: &Path, log: &Path, took: Duration) {
     println!();
     println!("fencegate demo");
     println!(
-        "  backend     {backend} (nested when WAYLAND_DISPLAY or DISPLAY is set, else headless)"
+        "  compositor  {}",
+        listening.trim_start_matches("fencegate: ")
     );
-    println!("  socket      {socket}");
+    println!("              (nested when WAYLAND_DISPLAY or DISPLAY is set, else headless)");
     for (name, _) in &clients.0 {
         println!("  client      {name}");
     }
     println!("  screenshot  {}", screenshot.display());
+    println!("  log         {}", log.display());
     println!("  took        {:.1} s", took.as_secs_f64());
     println!();
     println!(
@@ -130,24 +157,24 @@ impl Drop for Clients {
     }
 }
 
-fn runtime_dir() -> Result<PathBuf> {
+/// $XDG_RUNTIME_DIR, or a private one made for the demo (true: remove it afterwards).
+fn runtime_dir() -> Result<(PathBuf, bool)> {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| Path::new(d).is_dir()) {
-        return Ok(dir.into());
+        return Ok((dir.into(), false));
     }
     // A root shell on a fresh machine has no session: make a private runtime dir like logind would.
     let dir = std::env::temp_dir().join(format!("fencegate-runtime-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    Ok(dir)
+    Ok((dir, true))
 }
 
-/// Prints a child's stdout as it comes and hands each line to the caller too.
+/// Hands a child's stdout to the caller line by line.
 fn forward_lines(stdout: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("  | {line}");
             if tx.send(line).is_err() {
                 break;
             }

@@ -3,12 +3,15 @@
 
 mod demo;
 mod packages;
+mod test_totals;
 mod vm;
 
 use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+use crate::test_totals::Totals;
 
 const USAGE: &str = "\
 usage: cargo xtask <task>
@@ -24,7 +27,7 @@ fn main() {
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::run(),
         Some("test") => test(),
-        Some("vm-test") => vm::vm_test(&args[1..]),
+        Some("vm-test") => vm::vm_test(&args[1..]).map(drop),
         Some("vm-run") => vm::run_in_guest(&args[1..]).map(|code| std::process::exit(code)),
         Some("install") => install_all(),
         Some("-h" | "--help" | "help") | None => {
@@ -45,13 +48,37 @@ fn install_all() -> Result<()> {
 }
 
 /// Every tier, in order of cost: host tests (unit, integration, nested under Xvfb), then the
-/// kernel tests inside the guest.
+/// kernel tests inside the guest. Ends with one line counting every test of every tier.
 fn test() -> Result<()> {
     install_all()?;
+    let mut totals = Totals::default();
     println!("xtask: tier 1/2: host tests (cargo test --workspace)");
-    cargo(&["test", "--workspace", "--no-fail-fast"])?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut host = Command::new(cargo);
+    host.args(["test", "--workspace", "--no-fail-fast"])
+        .current_dir(workspace_root());
+    let status = totals.run(&mut host)?;
+    if !status.success() {
+        totals
+            .cargo_failures
+            .push(format!("host tests: cargo test exited with {status}"));
+    }
     println!("xtask: tier 2/2: kernel tests in the guest (cargo xtask vm-test)");
-    vm::vm_test(&[])?;
+    let guest = vm::vm_test(&[]);
+    if let Ok(guest) = &guest {
+        println!("xtask: kernel tier: {} passed in the guest", guest.passed);
+    }
+    let guest_error = guest.map(|guest| totals.absorb(guest)).err();
+    println!(
+        "total: {} passed, {} failed, {} ignored",
+        totals.passed, totals.failed, totals.ignored
+    );
+    if let Some(err) = guest_error {
+        return Err(err.context("the kernel tier failed"));
+    }
+    if !totals.cargo_failures.is_empty() {
+        bail!("{}", totals.cargo_failures.join("; "));
+    }
     println!("xtask: all test tiers passed");
     Ok(())
 }

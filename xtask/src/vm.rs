@@ -48,12 +48,14 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
+
+use crate::packages;
+use crate::test_totals::Totals;
 
 /// Kernel series booted in the guest (Debian bookworm-backports ships it).
 const KERNEL_SERIES: &str = "6.12";
@@ -84,7 +86,7 @@ pub fn install_packages() -> Result<()> {
 /// `kernel_*` in the workspace; `-p` / `--test` narrow the selection) in its own guest through
 /// the cargo runner, prints the guest's totals and fails unless at least one test ran and none
 /// failed or was ignored. FILTER arguments and everything after `--` go to the test binaries.
-pub fn vm_test(args: &[String]) -> Result<()> {
+pub fn vm_test(args: &[String]) -> Result<Totals> {
     let started = Instant::now();
     let opts = VmTestArgs::parse(args)?;
     let guest = prepare()?;
@@ -106,24 +108,12 @@ pub fn vm_test(args: &[String]) -> Result<()> {
             cmd.arg("--").args(&opts.test_args);
         }
         guest.apply_env(&mut cmd);
-        cmd.stdout(Stdio::piped());
         println!(
             "vm-test: {pkg}: {} in the guest ({})",
             tests.join(", "),
             render_cmd(&cmd)
         );
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {:?}", cargo))?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut out = std::io::stdout();
-        for line in BufReader::new(stdout).lines() {
-            let line = line.context("reading cargo test output")?;
-            totals.add_line(&line);
-            writeln!(out, "{line}").ok();
-            out.flush().ok();
-        }
-        let status = child.wait()?;
+        let status = totals.run(&mut cmd)?;
         if !status.success() {
             totals
                 .cargo_failures
@@ -157,7 +147,7 @@ pub fn vm_test(args: &[String]) -> Result<()> {
     if totals.passed == 0 {
         bail!("vm-test failed: no kernel test ran in the guest");
     }
-    Ok(())
+    Ok(totals)
 }
 
 /// Boot a guest, run `cmd` there (same cwd, whitelisted environment plus
@@ -310,41 +300,6 @@ fn select_kernel_tests(opts: &VmTestArgs) -> Result<BTreeMap<String, Vec<String>
     Ok(found)
 }
 
-#[derive(Default, Debug)]
-struct Totals {
-    passed: u64,
-    failed: u64,
-    ignored: u64,
-    binaries: u64,
-    cargo_failures: Vec<String>,
-}
-
-impl Totals {
-    /// Reads libtest's `test result: ok. 2 passed; 0 failed; 0 ignored; 0 measured; ...`.
-    fn add_line(&mut self, line: &str) {
-        let Some(rest) = line.trim_start().strip_prefix("test result: ") else {
-            return;
-        };
-        let Some((_, counts)) = rest.split_once(". ") else {
-            return;
-        };
-        self.binaries += 1;
-        for part in counts.split(';') {
-            let mut words = part.split_whitespace();
-            let (Some(n), Some(what)) = (words.next(), words.next()) else {
-                continue;
-            };
-            let Ok(n) = n.parse::<u64>() else { continue };
-            match what {
-                "passed" => self.passed += n,
-                "failed" => self.failed += n,
-                "ignored" => self.ignored += n,
-                _ => {}
-            }
-        }
-    }
-}
-
 fn render_cmd(cmd: &Command) -> String {
     let mut s = cmd.get_program().to_string_lossy().into_owned();
     for a in cmd.get_args() {
@@ -375,7 +330,10 @@ fn prepare() -> Result<Guest> {
     let cache = cache_root();
     if cache.starts_with("/tmp") || cache.starts_with("/run") {
         // The guest has its own tmpfs there and could not see the kernel modules.
-        bail!("FENCEGATE_VM_CACHE={} must not be under /tmp or /run", cache.display());
+        bail!(
+            "FENCEGATE_VM_CACHE={} must not be under /tmp or /run",
+            cache.display()
+        );
     }
     let assets = ensure_installed()?;
     let initrd = assets.dir.join("initramfs.cpio");
@@ -474,214 +432,27 @@ fn cache_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE))
 }
 
-/// Upstream major version of a Debian version string (`1:10.0.2+ds-2` -> 10).
-fn upstream_major(version: &str) -> Option<u32> {
-    let v = version.split_once(':').map_or(version, |(_, v)| v);
-    v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-}
-
-/// `Some(version)` when the package is installed.
-fn installed_version(pkg: &str) -> Result<Option<String>> {
-    let out = Command::new("dpkg-query")
-        .args(["-W", "-f", "${db:Status-Abbrev}|${Version}", pkg])
-        .stderr(Stdio::null())
-        .output()
-        .context("running dpkg-query (is this Debian?)")?;
-    let s = String::from_utf8_lossy(&out.stdout);
-    match s.split_once('|') {
-        Some((status, ver)) if out.status.success() && status.starts_with("ii") => {
-            Ok(Some(ver.to_string()))
-        }
-        _ => Ok(None),
-    }
-}
-
-fn os_codename() -> Result<String> {
-    let text = fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
-        .map(|v| v.trim_matches('"').to_string())
-        .filter(|v| !v.is_empty())
-        .ok_or_else(|| anyhow!("no VERSION_CODENAME in /etc/os-release"))
-}
-
-fn apt_source_files(etc_apt: &Path) -> Vec<PathBuf> {
-    let mut files = vec![etc_apt.join("sources.list")];
-    if let Ok(rd) = fs::read_dir(etc_apt.join("sources.list.d")) {
-        let mut more: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "list" || e == "sources"))
-            .collect();
-        more.sort();
-        files.extend(more);
-    }
-    files
-}
-
-/// Adds `<codename>-backports` to apt's sources when no source names it yet. Returns true when
-/// it wrote the file (apt-get update is then needed).
-fn ensure_backports_source(etc_apt: &Path, codename: &str) -> Result<bool> {
-    let suite = format!("{codename}-backports");
-    let mut mirror: Option<String> = None;
-    for f in apt_source_files(etc_apt) {
-        let Ok(text) = fs::read_to_string(&f) else {
-            continue;
-        };
-        for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
-            let words: Vec<&str> = line.split_whitespace().collect();
-            if words.iter().any(|w| *w == suite) {
-                return Ok(false);
-            }
-            // The machine's own Debian mirror: `URIs: http://X/debian` or `deb [opts] http://X/debian suite ...`.
-            for w in &words {
-                let w = w.trim_end_matches('/');
-                if (w.starts_with("http://") || w.starts_with("https://"))
-                    && w.ends_with("/debian")
-                    && mirror.is_none()
-                {
-                    mirror = Some(w.to_string());
-                }
-            }
-        }
-    }
-    let mirror = mirror.unwrap_or_else(|| "http://deb.debian.org/debian".into());
-    let keyring = "/usr/share/keyrings/debian-archive-keyring.gpg";
-    let mut text = format!(
-        "# added by fencegate `cargo xtask vm-test` (xtask/src/vm.rs): QEMU 10 and Linux {KERNEL_SERIES}\n\
-         Types: deb\nURIs: {mirror}\nSuites: {suite}\nComponents: main\n"
-    );
-    if Path::new(keyring).exists() {
-        text.push_str(&format!("Signed-By: {keyring}\n"));
-    }
-    let path = etc_apt.join("sources.list.d/fencegate-backports.sources");
-    eprintln!("vm: adding {suite} ({mirror}) to apt: {}", path.display());
-    fs::write(&path, text).with_context(|| format!("writing {} (needs root)", path.display()))?;
-    Ok(true)
-}
-
-struct Apt {
-    updated: bool,
-}
-
-impl Apt {
-    fn run(&mut self, args: &[&str]) -> Result<()> {
-        eprintln!("vm: apt-get {}", args.join(" "));
-        // Progress on stderr: the stdout of run_in_guest belongs to the guest command.
-        let status = Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdout(std::io::stderr())
-            .status()
-            .context("running apt-get")?;
-        if !status.success() {
-            bail!("apt-get {} failed ({status})", args.join(" "));
-        }
-        Ok(())
-    }
-    fn update(&mut self) -> Result<()> {
-        if !self.updated {
-            self.run(&["update", "-q"])?;
-            self.updated = true;
-        }
-        Ok(())
-    }
-}
-
-fn is_root() -> bool {
-    // The effective uid from /proc, to avoid a libc dependency.
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
 fn ensure_installed() -> Result<Assets> {
-    let codename = os_codename()?;
-    let backports = format!("{codename}-backports");
-    let mut apt = Apt { updated: false };
-    let mut sources_checked = false;
-    let mut check_sources = |apt: &mut Apt| -> Result<()> {
-        if !sources_checked {
-            sources_checked = true;
-            if ensure_backports_source(Path::new("/etc/apt"), &codename)? {
-                apt.updated = false;
-            }
-        }
-        Ok(())
-    };
-
-    // (package, from backports, minimum upstream major)
-    let wanted: [(&str, bool, u32); 4] = [
-        ("qemu-system-x86", true, 10),
-        ("busybox-static", false, 0),
-        ("kmod", false, 0),
-        ("xz-utils", false, 0),
-    ];
-    let mut missing_plain = Vec::new();
-    let mut missing_bpo = Vec::new();
-    let mut present = Vec::new();
-    for (pkg, bpo, min) in wanted {
-        match installed_version(pkg)? {
-            Some(v) if upstream_major(&v).unwrap_or(0) >= min => present.push(format!("{pkg} {v}")),
-            other => {
-                if let Some(v) = other {
-                    eprintln!("vm: {pkg} {v} is too old (need {min}.x from {backports})");
-                }
-                if bpo {
-                    missing_bpo.push(pkg)
-                } else {
-                    missing_plain.push(pkg)
-                }
-            }
-        }
-    }
-    if !missing_plain.is_empty() || !missing_bpo.is_empty() {
-        if !is_root() {
-            bail!(
-                "vm: missing packages {:?}: run as root (sudo cargo xtask vm-test) or install them",
-                [&missing_bpo[..], &missing_plain[..]].concat()
-            );
-        }
-        check_sources(&mut apt)?;
-        apt.update()?;
-        if !missing_bpo.is_empty() {
-            let mut a = vec![
-                "install",
-                "-y",
-                "-q",
-                "--no-install-recommends",
-                "-t",
-                &backports,
-            ];
-            a.extend(&missing_bpo);
-            apt.run(&a)?;
-        }
-        if !missing_plain.is_empty() {
-            let mut a = vec!["install", "-y", "-q", "--no-install-recommends"];
-            a.extend(&missing_plain);
-            apt.run(&a)?;
-        }
-    } else {
-        eprintln!("vm: present: {}", present.join(", "));
-    }
+    packages::ensure_versions(&[
+        ("qemu-system-x86", 10),
+        ("busybox-static", 0),
+        ("kmod", 0),
+        ("xz-utils", 0),
+    ])?;
+    let mut apt = packages::Apt::default();
 
     // The kernel: newest complete cached tree of the series, else download + extract.
     let cache = cache_root();
     if let Some(assets) = cached_kernel(&cache)? {
         return Ok(assets);
     }
-    if !is_root() && fs::create_dir_all(&cache).is_err() {
+    if !packages::is_root() && fs::create_dir_all(&cache).is_err() {
         bail!(
             "vm: cannot create {} (run as root or set FENCEGATE_VM_CACHE)",
             cache.display()
         );
     }
-    check_sources(&mut apt)?;
+    let backports = apt.backports_suite()?.unwrap_or_else(|| "backports".into());
     let (pkg, version) = match resolve_kernel_package()? {
         Some(x) => x,
         None => {
@@ -1037,22 +808,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_libtest_summaries() {
-        let mut t = Totals::default();
-        t.add_line("test result: ok. 2 passed; 0 failed; 1 ignored; 0 measured; 3 filtered out; finished in 0.01s");
-        t.add_line("test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.00s");
-        t.add_line("running 2 tests");
-        assert_eq!((t.passed, t.failed, t.ignored, t.binaries), (3, 2, 1, 2));
-    }
-
-    #[test]
-    fn upstream_major_versions() {
-        assert_eq!(upstream_major("1:10.0.2+ds-2+deb13u1~bpo12+1"), Some(10));
-        assert_eq!(upstream_major("1:7.2+dfsg-7"), Some(7));
-        assert_eq!(upstream_major("30+20221128-1"), Some(30));
-    }
-
-    #[test]
     fn parses_vm_test_args() {
         let a: Vec<String> = [
             "-p",
@@ -1070,40 +825,6 @@ mod tests {
         assert_eq!(o.packages, ["fence-bridge"]);
         assert_eq!(o.tests, ["kernel_devices"]);
         assert_eq!(o.test_args, ["virtio", "--nocapture"]);
-    }
-
-    #[test]
-    fn adds_backports_source_only_when_missing() {
-        let dir =
-            std::env::temp_dir().join(format!("fencegate-vm-apt-test-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("sources.list.d")).unwrap();
-        fs::write(
-            dir.join("sources.list.d/debian.sources"),
-            "Types: deb\nURIs: http://deb.debian.org/debian-security\nSuites: bookworm-security\n\n\
-             Types: deb\n# http://snapshot.debian.org/archive/debian/20250520T000000Z\n\
-             URIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\nComponents: main\n",
-        )
-        .unwrap();
-        assert!(ensure_backports_source(&dir, "bookworm").unwrap());
-        let added =
-            fs::read_to_string(dir.join("sources.list.d/fencegate-backports.sources")).unwrap();
-        assert!(
-            added.contains("URIs: http://deb.debian.org/debian\n"),
-            "{added}"
-        );
-        assert!(added.contains("Suites: bookworm-backports\n"), "{added}");
-        // Second call: already there.
-        assert!(!ensure_backports_source(&dir, "bookworm").unwrap());
-        // A one-line-style source naming backports counts too.
-        fs::remove_file(dir.join("sources.list.d/fencegate-backports.sources")).unwrap();
-        fs::write(
-            dir.join("sources.list"),
-            "deb http://ftp.example/debian bookworm-backports main\n",
-        )
-        .unwrap();
-        assert!(!ensure_backports_source(&dir, "bookworm").unwrap());
-        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
