@@ -1,6 +1,6 @@
 # fencegate VM guest, stage 2: PID 1 on the host's / (read-only 9p), run by busybox sh.
 #
-# Mounts the pseudo filesystems and tmpfs on /tmp, loads the DRM modules from the extracted
+# Mounts the pseudo filesystems and a writable /tmp over the host's, loads the DRM modules from the extracted
 # kernel tree, runs the job the host wrote to the writable 9p share (tag "fgjob", mounted on
 # /run/fencegate/job), writes its exit code there and powers off. Files in the job dir:
 #   guest.env   (host -> guest) FG_KVER, FG_MODROOT, FG_MODULES, FG_STRICT_MODULES
@@ -29,7 +29,6 @@ $BB mount -t sysfs sysfs /sys || die "mount /sys"
 $BB mkdir -p /dev/pts /dev/shm
 $BB mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
 $BB mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-$BB mount -t tmpfs -o mode=1777 tmpfs /tmp || die "tmpfs on /tmp"
 $BB mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 $BB mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 fgjob "$JOB" || die "mount job share (tag fgjob)"
 [ -f "$JOB/guest.env" ] || die "no guest.env in the job share"
@@ -42,6 +41,19 @@ printf '#!/bin/sh\nexec /sbin/modprobe -d "%s" "$@"\n' "$FG_MODROOT" >/run/fence
 $BB chmod 755 /run/fencegate/modprobe
 echo /run/fencegate/modprobe >/proc/sys/kernel/modprobe
 export MODPROBE_OPTIONS="-d $FG_MODROOT"
+
+# /tmp: the host's /tmp stays visible (a checkout or target dir may live there, as in CI), and
+# writes land in a tmpfs layered over it, so the guest never writes to the host.
+$BB mkdir -p /run/fencegate/tmp-upper /run/fencegate/tmp-work
+$BB chmod 1777 /run/fencegate/tmp-upper
+if /sbin/modprobe overlay >>"$JOB/guest.log" 2>&1 &&
+    $BB mount -t overlay overlay \
+        -o lowerdir=/tmp,upperdir=/run/fencegate/tmp-upper,workdir=/run/fencegate/tmp-work /tmp; then
+    :
+else
+    log "overlay on /tmp failed: /tmp is a plain tmpfs, host files under /tmp are hidden"
+    $BB mount -t tmpfs -o mode=1777 tmpfs /tmp || die "tmpfs on /tmp"
+fi
 for m in $FG_MODULES; do
     if ! /sbin/modprobe "$m" >>"$JOB/guest.log" 2>&1; then
         log "modprobe $m failed"
