@@ -116,6 +116,21 @@ pub trait FenceOps: Send + Sync + 'static {
         true
     }
 
+    /// **Optional.** The fence's own pollable fd: one that becomes readable (`POLLIN`) when the
+    /// kernel object behind the fence signals, and stays readable — a sync_file's fd, or an
+    /// eventfd the kernel writes (`DRM_IOCTL_SYNCOBJ_EVENTFD`).
+    ///
+    /// Called lazily by [`crate::Fence::poll_fd`], at most once per fence, only while it is
+    /// pending; poll loops (the calloop source) register this fd directly, so a kernel fence
+    /// costs no extra eventfd and no thread. Creating it may cost a syscall (a `dup`, the
+    /// syncobj eventfd ioctl), never a thread. Whoever sees it readable learns the state through
+    /// [`signaled`](FenceOps::signaled), which must then return `true`.
+    ///
+    /// The default, `None`, makes the core create an eventfd written by a callback: right for
+    /// fences that are signalled by hand or by a thread of their own.
+    fn native_poll_fd(&self) -> Option<std::io::Result<std::os::fd::OwnedFd>> {
+        None
+    }
     /// **Optional.** The fence is being released: the last [`crate::Fence`] reference is gone.
     ///
     /// Called exactly once, on the thread that dropped the last reference, after any pending

@@ -77,8 +77,10 @@ impl Fence {
     /// An fd that becomes readable when this fence signals (what makes a software timeline
     /// "poll-able", like sw_sync's sync_files).
     ///
-    /// The first call creates one eventfd for this fence and adds a callback that writes it
-    /// (which enables signalling); later calls return the same fd. No eventfd exists before the
+    /// A fence whose backend has its own pollable fd ([`crate::FenceOps::native_poll_fd`]: a
+    /// sync_file, a syncobj eventfd) returns that. Otherwise the first call creates one eventfd
+    /// for this fence and adds a callback that writes it (which enables signalling); later calls
+    /// return the same fd. No eventfd exists before the
     /// first call. On an already-signalled fence the eventfd is created readable — check
     /// [`Fence::is_signaled`] first if you can avoid the fd altogether.
     ///
@@ -99,6 +101,19 @@ impl Fence {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn poll_fd(&self) -> io::Result<FencePollFd> {
+        if let Some(fd) = &self.inner.lock().poll_fd {
+            return Ok(FencePollFd { fd: fd.clone() });
+        }
+        // A kernel fence polls on its own fd: no eventfd, no callback. Asked without our lock
+        // held, as every FenceOps call is; a racing caller's fd wins and ours is dropped.
+        if !self.is_signaled() {
+            if let Some(native) = self.ops().native_poll_fd() {
+                let native: SharedEventFd = Arc::new(native?);
+                let mut st = self.inner.lock();
+                let fd = st.poll_fd.get_or_insert(native).clone();
+                return Ok(FencePollFd { fd });
+            }
+        }
         let fd = {
             let mut st = self.inner.lock();
             if let Some(fd) = &st.poll_fd {
