@@ -94,28 +94,38 @@ impl State {
             return;
         };
         let serial = SERIAL_COUNTER.next_serial();
+        let keycode = event.key_code();
         let pressed = event.state() == KeyState::Pressed;
-        // Alt+F4 closes the focused window; everything else goes to the client.
+        // Alt+F4 closes the focused window; everything else goes to the client. The release of
+        // a key whose press we kept is kept too: a client must never see a lone release.
         let close = keyboard.input::<bool, _>(
             self,
-            event.key_code(),
+            keycode,
             event.state(),
             serial,
             event.time_msec(),
-            |_, modifiers, keysym| {
+            |state, modifiers, keysym| {
                 if pressed && modifiers.alt && keysym.modified_sym().raw() == keysyms::KEY_F4 {
+                    state.core.suppressed_keys.push(keycode);
                     FilterResult::Intercept(true)
+                } else if let Some(i) = state
+                    .core
+                    .suppressed_keys
+                    .iter()
+                    .position(|k| !pressed && *k == keycode)
+                {
+                    state.core.suppressed_keys.swap_remove(i);
+                    FilterResult::Intercept(false)
                 } else {
                     FilterResult::Forward
                 }
             },
         );
         if close == Some(true) {
-            if let Some(toplevel) = keyboard
+            let focused = keyboard
                 .current_focus()
-                .and_then(|surface| self.core.window_for_surface(&surface))
-                .and_then(|w| w.toplevel().cloned())
-            {
+                .and_then(|surface| self.core.window_for_surface(&surface));
+            if let Some(toplevel) = focused.as_ref().and_then(|window| window.toplevel()) {
                 toplevel.send_close();
             }
         }

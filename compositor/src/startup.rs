@@ -169,6 +169,7 @@ fn build_state(
         seat,
         output,
         placement: Cascade::default(),
+        suppressed_keys: Vec::new(),
         socket_name: String::new(),
         screenshot: config.screenshot.clone().map(|path| {
             ScreenshotPlan::new(

@@ -57,6 +57,8 @@ pub struct Core {
     pub seat: Seat<State>,
     pub output: Output,
     pub placement: Cascade,
+    /// Keys whose press a compositor shortcut consumed; their release is consumed too.
+    pub suppressed_keys: Vec<smithay::input::keyboard::Keycode>,
 
     // Session.
     pub socket_name: String,

@@ -164,3 +164,134 @@ fn winit_under_xvfb_shows_the_client() {
     }
     assert!(!socket.exists(), "socket left behind");
 }
+
+/// Sends one fake X input event through XTEST (what `xdotool` does).
+fn fake(conn: &impl Connection, kind: u8, detail: u8, x: i16, y: i16) {
+    use x11rb::protocol::xtest::ConnectionExt as _;
+    let root = conn.setup().roots[0].root;
+    conn.xtest_fake_input(kind, detail, x11rb::CURRENT_TIME, root, x, y, 0)
+        .unwrap();
+    conn.flush().unwrap();
+}
+
+#[test]
+fn winit_forwards_pointer_and_keyboard_and_alt_f4_closes_the_focused_window() {
+    use fencegate_clients::{Client, EventLog};
+    use wayland_client::protocol::wl_seat::WlSeat;
+    use x11rb::protocol::xproto::{
+        BUTTON_PRESS_EVENT, BUTTON_RELEASE_EVENT, KEY_PRESS_EVENT, KEY_RELEASE_EVENT,
+        MOTION_NOTIFY_EVENT,
+    };
+
+    const T: Duration = Duration::from_secs(30);
+    let (_xvfb, display) = start_xvfb();
+    let socket = socket_path("input");
+    let mut compositor = Killed(
+        Command::new(fencegate_bin())
+            .args(["--backend", "winit", "--socket", socket.to_str().unwrap()])
+            .env("DISPLAY", &display)
+            .env_remove("WAYLAND_DISPLAY")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(compositor.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("listening on"), "{line}");
+
+    let mut client = Client::connect_to(socket.to_str().unwrap()).unwrap();
+    let seat: WlSeat = client.bind_global(5, EventLog::new()).unwrap();
+    let (pointer_log, keyboard_log) = (EventLog::new(), EventLog::new());
+    let _pointer = seat.get_pointer(client.qh(), pointer_log.clone());
+    let _keyboard = seat.get_keyboard(client.qh(), keyboard_log.clone());
+    let w = client.create_window("input", "test.input");
+    client.wait_configured(w, T).unwrap();
+    client.draw_solid(w, 200, 150, 0xffff00ff).unwrap();
+    client.roundtrip().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let window = loop {
+        if let Some((bbox, _)) = find_color(&grab_screen(&display), rgb(0xff00ff)) {
+            break bbox;
+        }
+        assert!(Instant::now() < deadline, "the client never appeared");
+        client.roundtrip().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    client
+        .dispatch_until(T, "keyboard focus on the new window", |_| {
+            keyboard_log.contains("Enter")
+        })
+        .unwrap();
+
+    let (conn, _) = x11rb::connect(Some(&display)).unwrap();
+    let (cx, cy) = ((window.0 + 100) as i16, (window.1 + 75) as i16);
+    fake(&conn, MOTION_NOTIFY_EVENT, 0, cx, cy);
+    client
+        .dispatch_until(T, "wl_pointer.enter", |_| pointer_log.contains("Enter"))
+        .unwrap();
+    let enter = pointer_log
+        .events()
+        .into_iter()
+        .find(|e| e.contains("Enter"))
+        .unwrap();
+    assert!(
+        enter.contains("surface_x: 100.0") && enter.contains("surface_y: 75.0"),
+        "{enter}"
+    );
+    fake(&conn, BUTTON_PRESS_EVENT, 1, cx, cy);
+    fake(&conn, BUTTON_RELEASE_EVENT, 1, cx, cy);
+    // BTN_LEFT is 0x110 = 272.
+    client
+        .dispatch_until(T, "wl_pointer.button", |_| {
+            pointer_log.contains("button: 272")
+        })
+        .unwrap();
+
+    // There is no window manager to give fencegate's window the X input focus: do it as one would.
+    {
+        use x11rb::protocol::xproto::{ConnectionExt as _, InputFocus};
+        let root = conn.setup().roots[0].root;
+        let tree = conn.query_tree(root).unwrap().reply().unwrap();
+        let top = *tree
+            .children
+            .last()
+            .expect("fencegate's window is a child of the root");
+        conn.set_input_focus(InputFocus::POINTER_ROOT, top, x11rb::CURRENT_TIME)
+            .unwrap();
+        conn.flush().unwrap();
+    }
+    // X keycode 38 is 'a' (evdev 30).
+    fake(&conn, KEY_PRESS_EVENT, 38, cx, cy);
+    fake(&conn, KEY_RELEASE_EVENT, 38, cx, cy);
+    client
+        .dispatch_until(T, "wl_keyboard.key for 'a'", |_| {
+            keyboard_log.contains("key: 30")
+        })
+        .unwrap();
+
+    // Alt+F4 (X keycodes 64 and 70) is the compositor's: the client gets close, not the keys.
+    let keys_before = keyboard_log
+        .events()
+        .iter()
+        .filter(|e| e.contains("Key {"))
+        .count();
+    fake(&conn, KEY_PRESS_EVENT, 64, cx, cy);
+    fake(&conn, KEY_PRESS_EVENT, 70, cx, cy);
+    fake(&conn, KEY_RELEASE_EVENT, 70, cx, cy);
+    fake(&conn, KEY_RELEASE_EVENT, 64, cx, cy);
+    client
+        .dispatch_until(T, "xdg_toplevel.close", |s| s.windows[w.0].close_requested)
+        .unwrap();
+    let f4_keys = keyboard_log
+        .events()
+        .iter()
+        .filter(|e| e.contains("Key {") && e.contains("key: 62"))
+        .count();
+    assert_eq!(
+        f4_keys, 0,
+        "F4 leaked to the client (after {keys_before} keys)"
+    );
+}
