@@ -133,6 +133,9 @@ pub(crate) struct State {
     phase: Phase,
     /// eventfd handed out by [`Fence::poll_fd`], created on first request only.
     pub(crate) poll_fd: Option<crate::poll::SharedEventFd>,
+    /// Whether `poll_fd` is the backend's own ([`FenceOps::native_poll_fd`]), which blocking
+    /// waits then poll instead of the condvar.
+    pub(crate) poll_fd_native: bool,
 }
 
 pub(crate) struct Inner {
@@ -317,6 +320,7 @@ impl Fence {
                         callbacks: Vec::new(),
                     },
                     poll_fd: None,
+                    poll_fd_native: false,
                 }),
                 cond: Condvar::new(),
             }),
@@ -578,7 +582,9 @@ impl Fence {
     ///
     /// `Some(Duration::ZERO)` only polls (like [`status`](Fence::status)) and, unlike the
     /// kernel, does **not** enable signalling: a zero-timeout check must not arm anything. Any
-    /// other timeout enables signalling first.
+    /// other timeout enables signalling first — except on a fence whose backend has a
+    /// [`FenceOps::native_poll_fd`] (a kernel fence): that fd is polled instead (no thread, no
+    /// callback; a signal by hand is noticed within 100 ms).
     ///
     /// # Errors
     ///
@@ -601,8 +607,14 @@ impl Fence {
             timeout_ms = timeout.map(|t| t.as_millis() as u64),
             "fence wait start"
         );
-        self.enable_signaling();
-        let result = self.wait_signaled(deadline);
+        // A kernel fence is waited for on its own fd: nothing else would wake the condvar.
+        let result = match self.wait_native(deadline) {
+            Some(result) => result,
+            None => {
+                self.enable_signaling();
+                self.wait_signaled(deadline)
+            }
+        };
         tracing::trace!(
             target: TARGET,
             context = self.context().as_u64(),

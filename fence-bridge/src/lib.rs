@@ -97,23 +97,38 @@
 #![warn(missing_docs)]
 
 mod context;
+mod dma_buf;
+mod drm_device;
 mod error;
 mod fence;
+mod ioctl;
+mod kms;
 mod ops;
 mod order;
 mod poll;
+mod reactor;
 mod stats;
+mod sync_file;
+mod syncobj;
 mod sw_timeline;
 mod time;
 mod wait;
 
 pub use context::{context_alloc, ContextId, ContextRange, FenceContext};
+pub use dma_buf::{Access, DmaBuf};
+pub use drm_device::DrmDevice;
 pub use error::{AlreadySignaled, FenceError, Timeout, WaitAllError, WaitError};
 pub use fence::{CallbackHandle, Fence, FenceSignaler, FenceStatus, SignalInfo};
+pub use kms::{
+    find_property, read_flip_events, FenceProps, FencedCommit, FlipEvent,
+    OutFence, IN_FENCE_FD, OUT_FENCE_PTR,
+};
 pub use ops::FenceOps;
 pub use order::{latest_per_context, seqno_is_later};
 pub use poll::FencePollFd;
 pub use stats::{stats, Stats};
+pub use sync_file::{SyncFenceInfo, SyncFile, SyncFileFence, SyncFileInfo};
 pub use sw_timeline::SwTimeline;
+pub use syncobj::{wait_points, Syncobj, SyncobjPoint, SyncobjWaitFlags};
 pub use time::Ktime;
 pub use wait::{wait_all_timeout, wait_any_timeout};

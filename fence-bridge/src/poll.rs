@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
 
-use crate::fence::{Fence, TARGET};
+use crate::error::WaitError;
+use crate::fence::{Fence, FenceStatus, TARGET};
+
+/// Longest single `poll()` of [`Fence::wait_native`].
+const NATIVE_WAIT_SLICE: Duration = Duration::from_millis(100);
 use crate::stats;
 
 pub(crate) type SharedEventFd = Arc<OwnedFd>;
@@ -74,6 +78,61 @@ fn notify(fd: &OwnedFd) {
 }
 
 impl Fence {
+    /// The backend's own fd ([`crate::FenceOps::native_poll_fd`]), created once and kept in
+    /// `poll_fd`; `None` if the backend has none or `poll_fd` already holds a core eventfd.
+    /// Asked without our lock held, as every FenceOps call is; a racing caller's fd wins.
+    fn native_poll_fd(&self) -> Option<io::Result<FencePollFd>> {
+        {
+            let st = self.inner.lock();
+            if let Some(fd) = &st.poll_fd {
+                let fd = fd.clone();
+                return st.poll_fd_native.then_some(Ok(FencePollFd { fd }));
+            }
+        }
+        let native: SharedEventFd = match self.ops().native_poll_fd()? {
+            Ok(fd) => Arc::new(fd),
+            Err(err) => return Some(Err(err)),
+        };
+        let mut st = self.inner.lock();
+        if st.poll_fd.is_none() {
+            st.poll_fd = Some(native);
+            st.poll_fd_native = true;
+        }
+        let fd = st.poll_fd.clone()?;
+        st.poll_fd_native.then_some(Ok(FencePollFd { fd }))
+    }
+
+    /// A blocking wait on a kernel fence: polls its native fd until readable or `deadline`,
+    /// in slices of at most [`NATIVE_WAIT_SLICE`] so that a signal by hand is noticed too.
+    /// `None` if the fence has no native fd (or it cannot be made, or it is readable while the
+    /// backend still reports pending): the caller then enables signalling and waits as usual.
+    pub(crate) fn wait_native(&self, deadline: Option<Instant>) -> Option<Result<(), WaitError>> {
+        let fd = match self.native_poll_fd()? {
+            Ok(fd) => fd,
+            Err(_) => return None,
+        };
+        let result = |fence: &Fence| match fence.status() {
+            FenceStatus::Pending => Err(WaitError::TimedOut),
+            FenceStatus::Signaled => Ok(()),
+            FenceStatus::Error(err) => Err(WaitError::Failed(err)),
+        };
+        loop {
+            if self.is_signaled() {
+                return Some(result(self));
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Some(result(self));
+            }
+            let slice = left.map_or(NATIVE_WAIT_SLICE, |l| l.min(NATIVE_WAIT_SLICE));
+            match fd.wait_readable(Some(slice)) {
+                Ok(true) if self.is_signaled() => return Some(result(self)),
+                Ok(true) | Err(_) => return None,
+                Ok(false) => {}
+            }
+        }
+    }
+
     /// An fd that becomes readable when this fence signals (what makes a software timeline
     /// "poll-able", like sw_sync's sync_files).
     ///
@@ -104,14 +163,10 @@ impl Fence {
         if let Some(fd) = &self.inner.lock().poll_fd {
             return Ok(FencePollFd { fd: fd.clone() });
         }
-        // A kernel fence polls on its own fd: no eventfd, no callback. Asked without our lock
-        // held, as every FenceOps call is; a racing caller's fd wins and ours is dropped.
+        // A kernel fence polls on its own fd: no eventfd, no callback.
         if !self.is_signaled() {
-            if let Some(native) = self.ops().native_poll_fd() {
-                let native: SharedEventFd = Arc::new(native?);
-                let mut st = self.inner.lock();
-                let fd = st.poll_fd.get_or_insert(native).clone();
-                return Ok(FencePollFd { fd });
+            if let Some(native) = self.native_poll_fd() {
+                return native;
             }
         }
         let fd = {

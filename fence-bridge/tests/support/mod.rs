@@ -10,6 +10,8 @@
 
 #![allow(dead_code)]
 
+pub mod vgem;
+
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
