@@ -110,8 +110,12 @@ mod reactor;
 mod stats;
 mod sync_file;
 mod syncobj;
+#[cfg(feature = "calloop")]
+pub mod source;
 mod sw_timeline;
 mod time;
+#[cfg(feature = "trace-export")]
+pub mod trace_export;
 mod wait;
 
 pub use context::{context_alloc, ContextId, ContextRange, FenceContext};
@@ -126,9 +130,13 @@ pub use kms::{
 pub use ops::FenceOps;
 pub use order::{latest_per_context, seqno_is_later};
 pub use poll::FencePollFd;
+#[cfg(feature = "calloop")]
+pub use source::{FenceEvent, FenceSource, Ready, Remaining, Signaled, WaitMode};
 pub use stats::{stats, Stats};
 pub use sync_file::{SyncFenceInfo, SyncFile, SyncFileFence, SyncFileInfo};
 pub use sw_timeline::SwTimeline;
 pub use syncobj::{wait_points, Syncobj, SyncobjPoint, SyncobjWaitFlags};
 pub use time::Ktime;
+#[cfg(feature = "trace-export")]
+pub use trace_export::{ChromeTrace, ChromeTraceLayer};
 pub use wait::{wait_all_timeout, wait_any_timeout};

@@ -1,6 +1,7 @@
 //! The project's tasks (the cargo-xtask pattern): `cargo xtask demo`, `cargo xtask test`,
 //! `cargo xtask vm-test`. Each installs the system packages it needs first.
 
+mod bench;
 mod demo;
 mod packages;
 mod test_totals;
@@ -20,7 +21,8 @@ usage: cargo xtask <task>
   test            install what is missing, then run every test tier (host, nested, kernel guest)
   vm-test [ARGS]  only the kernel tier: boot the QEMU guest and run the kernel_* tests there
   vm-run CMD...   boot the guest and run one command in it (the host's / is shared read-only)
-  install         only install the system packages every task needs";
+  install         only install the system packages every task needs
+  bench fences    fence-bridge latency vs the raw floor: host rows, then kernel rows in the guest";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,6 +32,7 @@ fn main() {
         Some("vm-test") => vm::vm_test(&args[1..]).map(drop),
         Some("vm-run") => vm::run_in_guest(&args[1..]).map(|code| std::process::exit(code)),
         Some("install") => install_all(),
+        Some("bench") => bench::run(&args[1..]),
         Some("-h" | "--help" | "help") | None => {
             println!("{USAGE}");
             Ok(())

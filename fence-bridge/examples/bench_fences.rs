@@ -1,0 +1,655 @@
+//! `cargo xtask bench fences`: what waiting on fences through fence-bridge costs, next to the
+//! raw kernel floor, measured in the same run.
+//!
+//! A plain binary (no bench framework) that prints one table per tier:
+//!
+//! * `--host` (default): rows that need no device —
+//!   - **raw floor**: a bare eventfd write on one thread waking an `epoll_wait` on another (the
+//!     shape of the library path, minus the library);
+//!   - **FenceSource, SwTimeline**: signal-to-callback latency of a software fence advanced from
+//!     another thread, through a calloop loop blocked in `dispatch`;
+//!   - **already signalled**: `FenceSource::new` on a signalled fence (→ `Ready`): ns per call,
+//!     eventfds and fds created (must be 0);
+//!   - **wait-any over N pending** (N = 1, 100, 10,000): time from signalling one random fence to
+//!     the callback, next to the raw floor with N eventfds in one epoll set.
+//! * `--kernel`: the same latency for a **sync_file** (a vgem fence exported from a dma-buf) and
+//!   a **DRM syncobj** timeline point (virtio_gpu), each next to its own raw floor (epoll on the
+//!   sync_file / on a `DRM_IOCTL_SYNCOBJ_EVENTFD` eventfd), and the already-signalled cost of
+//!   both. Needs the devices: run in the guest (`cargo xtask bench fences` does).
+//! * `--probe KIND N`: only N already-signalled checks of KIND (`sw`, `sync_file`, `syncobj`),
+//!   for counting syscalls with `perf stat -e raw_syscalls:sys_enter` from outside.
+//!
+//! Every latency sample has the same protocol: the waiting thread arms its wait and hands a job
+//! to the signaller thread; the signaller sleeps 200 µs (so the waiter is asleep in
+//! `epoll_wait`), reads the clock, signals; the waiter reads the clock when woken (for the
+//! library: inside the `FenceSource` callback). Raw and library samples alternate, so both see
+//! the same machine. `--iters N` scales the sample counts.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use calloop::EventLoop;
+use fence_bridge::{stats, Fence, FenceContext, FenceSource, SwTimeline, WaitMode};
+use rustix::event::epoll;
+use rustix::event::{eventfd, EventfdFlags};
+
+#[path = "../tests/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
+
+const PRE_SLEEP: Duration = Duration::from_micros(200);
+
+// --- measurement plumbing -----------------------------------------------------------------------
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The other thread: sleeps, reads the clock, runs the signalling job, reports when it started.
+struct Signaller {
+    jobs: Sender<Job>,
+    started: Receiver<Instant>,
+}
+
+impl Signaller {
+    fn spawn() -> Signaller {
+        let (jobs, job_rx) = channel::<Job>();
+        let (started_tx, started) = channel();
+        thread::Builder::new()
+            .name("signaller".into())
+            .spawn(move || {
+                for job in job_rx {
+                    thread::sleep(PRE_SLEEP);
+                    let t0 = Instant::now();
+                    job();
+                    if started_tx.send(t0).is_err() {
+                        break;
+                    }
+                }
+            })
+            .unwrap();
+        Signaller { jobs, started }
+    }
+
+    fn fire(&self, job: impl FnOnce() + Send + 'static) {
+        self.jobs.send(Box::new(job)).unwrap();
+    }
+
+    /// When the last job started signalling; call after waking.
+    fn t0(&self) -> Instant {
+        self.started.recv().unwrap()
+    }
+}
+
+/// An epoll set with `n` eventfds: the raw floor.
+struct RawEpoll {
+    epoll: OwnedFd,
+    fds: Vec<Arc<OwnedFd>>,
+}
+
+impl RawEpoll {
+    fn new(n: usize) -> RawEpoll {
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+        let fds: Vec<Arc<OwnedFd>> = (0..n)
+            .map(|i| {
+                let fd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap();
+                epoll::add(
+                    &epoll,
+                    &fd,
+                    epoll::EventData::new_u64(i as u64),
+                    epoll::EventFlags::IN,
+                )
+                .unwrap();
+                Arc::new(fd)
+            })
+            .collect();
+        RawEpoll { epoll, fds }
+    }
+
+    /// One sample: the signaller writes eventfd `i`, we wake in epoll_wait.
+    fn sample(&self, sig: &Signaller, i: usize) -> Duration {
+        let fd = self.fds[i].clone();
+        sig.fire(move || {
+            rustix::io::write(&*fd, &1u64.to_ne_bytes()).unwrap();
+        });
+        let t1 = wait_epoll(&self.epoll);
+        let mut buf = [0u8; 8];
+        rustix::io::read(&*self.fds[i], &mut buf).unwrap(); // back to not readable
+        t1 - sig.t0()
+    }
+}
+
+/// Blocks in epoll_wait until something is readable; returns when it woke.
+fn wait_epoll(epoll: impl AsFd) -> Instant {
+    let mut events = [epoll::Event {
+        flags: epoll::EventFlags::empty(),
+        data: epoll::EventData::new_u64(0),
+    }; 4];
+    loop {
+        match epoll::wait(epoll.as_fd(), &mut events[..], None) {
+            Ok(n) if n > 0 => return Instant::now(),
+            Ok(_) | Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => panic!("epoll_wait: {e}"),
+        }
+    }
+}
+
+/// One library sample: `fences` in a one-shot `FenceSource` (Any) on `event_loop`; the
+/// signaller runs `signal`; returns signal-to-callback time.
+fn library_sample(
+    event_loop: &mut EventLoop<'static, Option<Instant>>,
+    sig: &Signaller,
+    fences: Vec<Fence>,
+    signal: impl FnOnce() + Send + 'static,
+) -> Duration {
+    let source =
+        FenceSource::new(fences.into_iter().enumerate(), WaitMode::Any).expect("pending fences");
+    event_loop
+        .handle()
+        .insert_source(source, |_event, _, woke: &mut Option<Instant>| {
+            *woke = Some(Instant::now());
+        })
+        .map_err(|e| e.error)
+        .unwrap();
+    let mut woke = None;
+    sig.fire(signal);
+    while woke.is_none() {
+        event_loop.dispatch(None, &mut woke).unwrap();
+    }
+    woke.unwrap() - sig.t0()
+}
+
+/// One sample of calloop alone: a one-shot `Generic` on a fresh eventfd, written by the
+/// signaller (what any calloop source pays before fence-bridge runs).
+fn calloop_sample(
+    event_loop: &mut EventLoop<'static, Option<Instant>>,
+    sig: &Signaller,
+) -> Duration {
+    use calloop::generic::Generic;
+    use calloop::{Interest, Mode, PostAction};
+    let fd = Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap());
+    event_loop
+        .handle()
+        .insert_source(
+            Generic::new(fd.clone(), Interest::READ, Mode::Level),
+            |_, _, woke: &mut Option<Instant>| {
+                *woke = Some(Instant::now());
+                Ok(PostAction::Remove)
+            },
+        )
+        .map_err(|e| e.error)
+        .unwrap();
+    let mut woke = None;
+    sig.fire(move || {
+        rustix::io::write(&*fd, &1u64.to_ne_bytes()).unwrap();
+    });
+    while woke.is_none() {
+        event_loop.dispatch(None, &mut woke).unwrap();
+    }
+    woke.unwrap() - sig.t0()
+}
+
+/// A tiny deterministic PRNG (xorshift), so runs are comparable.
+struct Rng(u64);
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+// --- the table ----------------------------------------------------------------------------------
+
+struct Stat {
+    median: f64,
+    p99: f64,
+    n: usize,
+}
+
+fn stat(samples: &mut [f64]) -> Stat {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    Stat {
+        median: at(0.5),
+        p99: at(0.99),
+        n: samples.len(),
+    }
+}
+
+fn ns(d: Duration) -> f64 {
+    d.as_nanos() as f64
+}
+
+fn fmt_ns(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.2} ms", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1} µs", v / 1e3)
+    } else {
+        format!("{v:.0} ns")
+    }
+}
+
+struct Row {
+    name: String,
+    lib: Stat,
+    raw: Option<Stat>,
+    note: String,
+}
+
+fn print_table(title: &str, rows: &[Row]) {
+    println!("\n{title}");
+    println!(
+        "{:<52} {:>6} {:>10} {:>10} {:>10} {:>10} {:>7}  note",
+        "row", "n", "median", "p99", "raw med", "raw p99", "ratio"
+    );
+    println!("{}", "-".repeat(118));
+    for r in rows {
+        let (raw_med, raw_p99, ratio) = match &r.raw {
+            Some(raw) => (
+                fmt_ns(raw.median),
+                fmt_ns(raw.p99),
+                format!("{:.2}x", r.lib.median / raw.median),
+            ),
+            None => ("-".into(), "-".into(), "-".into()),
+        };
+        println!(
+            "{:<52} {:>6} {:>10} {:>10} {:>10} {:>10} {:>7}  {}",
+            r.name,
+            r.lib.n,
+            fmt_ns(r.lib.median),
+            fmt_ns(r.lib.p99),
+            raw_med,
+            raw_p99,
+            ratio,
+            r.note
+        );
+    }
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// ns per call of `FenceSource::new` on an already-signalled fence, over batches; plus how many
+/// eventfds and fds that created in total.
+fn already_signaled_row(name: &str, fence: &Fence, batches: usize, syscalls: &str) -> Row {
+    const BATCH: usize = 200;
+    let before = stats();
+    let fds_before = open_fds();
+    let mut samples = Vec::with_capacity(batches);
+    for _ in 0..batches {
+        let t = Instant::now();
+        for i in 0..BATCH {
+            let ready = FenceSource::new([(i, fence.clone())], WaitMode::Each).unwrap_err();
+            std::hint::black_box(ready);
+        }
+        samples.push(ns(t.elapsed()) / BATCH as f64);
+    }
+    let eventfds = stats().since(&before).eventfds_created;
+    let fds = open_fds() as i64 - fds_before as i64;
+    Row {
+        name: name.into(),
+        lib: stat(&mut samples),
+        raw: None,
+        note: format!("eventfds +{eventfds}, fds +{fds}; syscalls: {syscalls}"),
+    }
+}
+
+// --- host rows ----------------------------------------------------------------------------------
+
+fn host(iters: usize) {
+    let sig = Signaller::spawn();
+    let mut event_loop = EventLoop::<Option<Instant>>::try_new().unwrap();
+    let mut rows = Vec::new();
+
+    // Raw floor and SwTimeline through FenceSource, interleaved.
+    let raw = RawEpoll::new(1);
+    let timeline = Arc::new(SwTimeline::new("bench"));
+    let (mut raw_s, mut lib_s, mut calloop_s) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..iters {
+        raw_s.push(ns(raw.sample(&sig, 0)));
+        calloop_s.push(ns(calloop_sample(&mut event_loop, &sig)));
+        let fence = timeline.create_fence(i as u64 + 1);
+        let t = timeline.clone();
+        lib_s.push(ns(library_sample(
+            &mut event_loop,
+            &sig,
+            vec![fence],
+            move || {
+                t.advance(1);
+            },
+        )));
+    }
+    let raw_stat = stat(&mut raw_s);
+    rows.push(Row {
+        name: "raw floor: eventfd write -> epoll_wait (other thread)".into(),
+        lib: Stat {
+            ..stat(&mut raw_s.clone())
+        },
+        raw: None,
+        note: "the same wake shape, no library".into(),
+    });
+    let calloop_stat = stat(&mut calloop_s);
+    let calloop_median = calloop_stat.median;
+    rows.push(Row {
+        name: "calloop floor: Generic<eventfd>, write -> callback".into(),
+        lib: calloop_stat,
+        raw: Some(Stat {
+            ..stat(&mut raw_s.clone())
+        }),
+        note: "calloop/polling itself (timerfd+epoll_ctl per wait)".into(),
+    });
+    let lib_stat = stat(&mut lib_s);
+    let vs_calloop = lib_stat.median / calloop_median;
+    rows.push(Row {
+        name: "FenceSource: SwTimeline fence, signal -> callback".into(),
+        lib: lib_stat,
+        raw: Some(raw_stat),
+        note: format!("target <= 1.25x raw; {vs_calloop:.2}x the calloop floor"),
+    });
+
+    // Where the difference goes, on one thread (no wakeup): the signalling side (advance, which
+    // writes the core's eventfd from a fence callback) against a bare eventfd write, and the loop
+    // side (dispatch of a readable fd to the callback) against a zero-timeout epoll_wait.
+    let (mut sig_raw, mut sig_lib, mut loop_raw, mut loop_lib) = (vec![], vec![], vec![], vec![]);
+    for i in 0..iters {
+        let t = Instant::now();
+        rustix::io::write(&*raw.fds[0], &1u64.to_ne_bytes()).unwrap();
+        sig_raw.push(ns(t.elapsed()));
+        let t = Instant::now();
+        let mut events = [epoll::Event {
+            flags: epoll::EventFlags::empty(),
+            data: epoll::EventData::new_u64(0),
+        }; 4];
+        epoll::wait(
+            &raw.epoll,
+            &mut events[..],
+            Some(&rustix::time::Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            }),
+        )
+        .unwrap();
+        loop_raw.push(ns(t.elapsed()));
+        rustix::io::read(&*raw.fds[0], &mut [0u8; 8]).unwrap();
+
+        let fence = timeline.create_fence((iters + i) as u64 + 1);
+        let source = FenceSource::new([(0, fence)], WaitMode::Any).unwrap();
+        event_loop
+            .handle()
+            .insert_source(source, |_, _, woke: &mut Option<Instant>| {
+                *woke = Some(Instant::now())
+            })
+            .map_err(|e| e.error)
+            .unwrap();
+        let t = Instant::now();
+        timeline.advance(1);
+        sig_lib.push(ns(t.elapsed()));
+        let mut woke = None;
+        let t = Instant::now();
+        event_loop.dispatch(Duration::ZERO, &mut woke).unwrap();
+        loop_lib.push(ns(woke.expect("ready") - t));
+    }
+    rows.push(Row {
+        name: "  breakdown: signal side (advance -> eventfd write)".into(),
+        lib: stat(&mut sig_lib),
+        raw: Some(stat(&mut sig_raw)),
+        note: "same thread, no wakeup; raw: write(eventfd)".into(),
+    });
+    rows.push(Row {
+        name: "  breakdown: loop side (dispatch -> callback)".into(),
+        lib: stat(&mut loop_lib),
+        raw: Some(stat(&mut loop_raw)),
+        note: "same thread, fd already readable; raw: epoll_wait(0)".into(),
+    });
+
+    // Already signalled: no fd, no registration.
+    let done = timeline.create_fence(1);
+    rows.push(already_signaled_row(
+        "already signalled (sw): FenceSource::new -> Ready",
+        &done,
+        iters.max(100),
+        "0 by construction (atomic load + 2 uncontended locks)",
+    ));
+
+    // Wait-any over N pending fences.
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for (n, samples) in [
+        (1usize, iters / 2),
+        (100, iters / 4),
+        (10_000, (iters / 50).max(10)),
+    ] {
+        // Raw first, then the library: 2 x 10,000 fds at once would pass the fd limit.
+        let raw = RawEpoll::new(n);
+        let mut raw_s: Vec<f64> = (0..samples.max(5))
+            .map(|_| ns(raw.sample(&sig, rng.below(n))))
+            .collect();
+        drop(raw);
+        let ctx = FenceContext::new("any");
+        let mut lib_s = Vec::new();
+        let mut setup = Vec::new();
+        for _ in 0..samples.max(5) {
+            let fences: Vec<Fence> = (0..n).map(|_| ctx.create_fence()).collect();
+            let target = fences[rng.below(n)].clone();
+            // The waiter keeps its fences (as a compositor does); released after the sample.
+            let keep = fences.clone();
+            let t = Instant::now();
+            // Setup (poll fds + registration) is timed apart from the wake.
+            let source = FenceSource::new(fences.into_iter().enumerate(), WaitMode::Any).unwrap();
+            let token = event_loop
+                .handle()
+                .insert_source(source, |_, _, woke: &mut Option<Instant>| {
+                    *woke = Some(Instant::now())
+                })
+                .map_err(|e| e.error)
+                .unwrap();
+            setup.push(ns(t.elapsed()));
+            let mut woke = None;
+            sig.fire(move || {
+                target.signal();
+            });
+            while woke.is_none() {
+                event_loop.dispatch(None, &mut woke).unwrap();
+            }
+            lib_s.push(ns(woke.unwrap() - sig.t0()));
+            event_loop.handle().remove(token); // already removed itself; harmless
+            for fence in &keep {
+                fence.signal(); // nobody is left waiting: release them quietly
+            }
+            drop(keep);
+        }
+        let setup = stat(&mut setup);
+        rows.push(Row {
+            name: format!("wait-any, {n} pending: signal one -> callback"),
+            lib: stat(&mut lib_s),
+            raw: Some(stat(&mut raw_s)),
+            note: format!("setup (eventfds+epoll_ctl) median {}", fmt_ns(setup.median)),
+        });
+    }
+    print_table("fence-bridge: host rows (software fences)", &rows);
+}
+
+// --- kernel rows --------------------------------------------------------------------------------
+
+fn kernel(iters: usize) {
+    let iters = iters.clamp(20, 300); // TCG is slow
+    let sig = Signaller::spawn();
+    let mut event_loop = EventLoop::<Option<Instant>>::try_new().unwrap();
+    let mut rows = Vec::new();
+
+    match support::vgem::Vgem::open() {
+        None => println!("kernel rows: no vgem node: sync_file rows skipped"),
+        Some(vgem) => {
+            let vgem = Arc::new(vgem);
+            let bo = vgem.create_bo();
+            let dmabuf = fence_bridge::DmaBuf::new(bo.dmabuf.try_clone().unwrap());
+            let (mut raw_s, mut lib_s) = (Vec::new(), Vec::new());
+            for _ in 0..iters {
+                // Raw: epoll on the sync_file fd itself.
+                let f = vgem.attach(&bo, true);
+                let sync_file = dmabuf.export_sync_file(fence_bridge::Access::Read).unwrap();
+                let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+                epoll::add(
+                    &epoll,
+                    sync_file.as_fd(),
+                    epoll::EventData::new_u64(0),
+                    epoll::EventFlags::IN,
+                )
+                .unwrap();
+                let v = vgem.clone();
+                sig.fire(move || v.signal(f));
+                let t1 = wait_epoll(&epoll);
+                raw_s.push(ns(t1 - sig.t0()));
+
+                // Library: the sync_file as a Fence in a FenceSource.
+                let f = vgem.attach(&bo, true);
+                let fence = dmabuf
+                    .export_sync_file(fence_bridge::Access::Read)
+                    .unwrap()
+                    .into_fence();
+                let v = vgem.clone();
+                lib_s.push(ns(library_sample(
+                    &mut event_loop,
+                    &sig,
+                    vec![fence],
+                    move || v.signal(f),
+                )));
+            }
+            rows.push(Row {
+                name: "sync_file (vgem): signal ioctl -> callback".into(),
+                lib: stat(&mut lib_s),
+                raw: Some(stat(&mut raw_s)),
+                note: "raw: epoll on the sync_file fd".into(),
+            });
+            let done = dmabuf
+                .export_sync_file(fence_bridge::Access::Read)
+                .unwrap()
+                .into_fence();
+            rows.push(already_signaled_row(
+                "already signalled (sync_file): new -> Ready",
+                &done,
+                iters,
+                "1 by construction (poll() in signaled())",
+            ));
+        }
+    }
+
+    let virtio = support::require_device("virtio_gpu render node", || {
+        support::find_node("renderD", "virtio_gpu")
+    })
+    .and_then(|node| fence_bridge::DrmDevice::from_fd(node.file.into()).ok());
+    match virtio {
+        Some(dev) if dev.supports_syncobj_timeline() => {
+            let syncobj = fence_bridge::Syncobj::create(&dev).unwrap();
+            let (mut raw_s, mut lib_s) = (Vec::new(), Vec::new());
+            let mut point = 0u64;
+            for _ in 0..iters {
+                point += 1;
+                let fd = syncobj
+                    .eventfd(point, fence_bridge::SyncobjWaitFlags::empty())
+                    .unwrap();
+                let epoll = epoll::create(epoll::CreateFlags::CLOEXEC).unwrap();
+                epoll::add(
+                    &epoll,
+                    &fd,
+                    epoll::EventData::new_u64(0),
+                    epoll::EventFlags::IN,
+                )
+                .unwrap();
+                let s = syncobj.clone();
+                sig.fire(move || s.signal_point(point).unwrap());
+                let t1 = wait_epoll(&epoll);
+                raw_s.push(ns(t1 - sig.t0()));
+
+                point += 1;
+                let fence = syncobj.point(point).fence();
+                let s = syncobj.clone();
+                lib_s.push(ns(library_sample(
+                    &mut event_loop,
+                    &sig,
+                    vec![fence],
+                    move || s.signal_point(point).unwrap(),
+                )));
+            }
+            rows.push(Row {
+                name: "syncobj timeline point: signal ioctl -> callback".into(),
+                lib: stat(&mut lib_s),
+                raw: Some(stat(&mut raw_s)),
+                note: "raw: epoll on a SYNCOBJ_EVENTFD".into(),
+            });
+            let done = syncobj.point(point).fence();
+            rows.push(already_signaled_row(
+                "already signalled (syncobj): new -> Ready",
+                &done,
+                iters,
+                "1 by construction (SYNCOBJ_QUERY ioctl)",
+            ));
+        }
+        Some(_) => {
+            println!("kernel rows: virtio_gpu has no timeline syncobjs: syncobj rows skipped")
+        }
+        None => println!("kernel rows: no virtio_gpu render node: syncobj rows skipped"),
+    }
+    if !rows.is_empty() {
+        print_table("fence-bridge: kernel rows", &rows);
+    }
+}
+
+// --- syscall probe ------------------------------------------------------------------------------
+
+/// `n` already-signalled checks of `kind`, nothing else worth counting (setup happens first and
+/// is the same for n = 0).
+fn probe(kind: &str, n: usize) {
+    let fence = match kind {
+        "sw" => {
+            let t = SwTimeline::new("probe");
+            let f = t.create_fence(1);
+            t.advance(1);
+            f
+        }
+        other => panic!("probe kind {other:?}: only `sw` runs without a device"),
+    };
+    for i in 0..n {
+        std::hint::black_box(FenceSource::new([(i, fence.clone())], WaitMode::Each).unwrap_err());
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut iters = 1000;
+    let mut tiers = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--host" => tiers.push("host"),
+            "--kernel" => tiers.push("kernel"),
+            "--iters" => {
+                i += 1;
+                iters = args[i].parse().expect("--iters N");
+            }
+            "--probe" => {
+                probe(&args[i + 1], args[i + 2].parse().expect("--probe KIND N"));
+                return;
+            }
+            other => {
+                panic!("unknown argument {other:?} (--host, --kernel, --iters N, --probe KIND N)")
+            }
+        }
+        i += 1;
+    }
+    if tiers.is_empty() {
+        tiers.push("host");
+    }
+    for tier in tiers {
+        match tier {
+            "host" => host(iters),
+            _ => kernel(iters),
+        }
+    }
+}

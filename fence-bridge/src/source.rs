@@ -1,0 +1,645 @@
+//! [`FenceSource`]: a calloop event source that waits for a set of fences of any kind.
+//!
+//! # Overview
+//!
+//! One source, one job: wait for the fences it was built with, report them, then remove itself.
+//! It is a composite in calloop's sense: one [`Generic`] per pending fence, each with its own
+//! sub-token from the [`TokenFactory`], plus an optional [`Timer`] for the timeout. What is
+//! registered is the fence's [`Fence::poll_fd`]: the fence's **own** fd for kernel fences (a
+//! sync_file, a syncobj eventfd — [`crate::FenceOps::native_poll_fd`]), so those cost no extra
+//! eventfd; for software fences the core's eventfd, written by a fence callback.
+//!
+//! # Implementation notes
+//!
+//! * **Already signalled costs nothing.** [`FenceSource::new`] asks [`Fence::is_signaled`]
+//!   first (for a kernel fence: one `poll()` or one ioctl) and never creates an fd or a
+//!   registration for a fence that has signalled. When nothing is left to wait for (every fence
+//!   signalled, or in [`WaitMode::Any`] one of them), it returns [`Ready`] instead of a source,
+//!   like Smithay's `DmabufSource::new` returns `AlreadyReady`. Fences found signalled next to
+//!   pending ones are delivered on the first dispatch, through a synthetic event from
+//!   [`EventSource::before_sleep`] (no fd either).
+//! * **One-shot per fence.** Each fd is registered level-triggered. When it is readable the
+//!   source calls [`Fence::is_signaled`] (so the backend's `signaled()` confirms and the core
+//!   records status and timestamp), delivers the event and drops that fence's [`Generic`], which
+//!   removes the fd from the epoll set. A readable fd whose fence is not signalled (a spurious
+//!   wakeup) stays registered and nothing is delivered.
+//! * **Removal.** When everything is delivered (or the timeout fired, or the callback called
+//!   [`Remaining::cancel`]), `process_events` returns [`PostAction::Remove`]. Dropping the source,
+//!   removing it from the loop or [`FenceSource::cancel`] removes every fd from the epoll set at
+//!   once (a [`Generic`] deregisters on drop).
+//! * **Shared fds.** A fence has one poll fd, so two sources waiting for the same fence in one
+//!   loop would register the same fd twice, which epoll refuses (`EEXIST`). The second
+//!   registration then uses a `dup` of the fd: one extra fd, only in that case.
+//! * **Lookup.** calloop tokens cannot be hashed, so an event is matched by asking each pending
+//!   [`Generic`] in turn (a token comparison each): O(pending) per wakeup, a few µs for
+//!   10,000 fences.
+//! * **Limits.** calloop gives one source 65,536 sub-tokens; the source needs two for itself,
+//!   hence [`FenceSource::MAX_PENDING`].
+//!
+//! # Example
+//!
+//! ```
+//! use calloop::EventLoop;
+//! use fence_bridge::{FenceEvent, FenceSource, FenceStatus, SwTimeline, WaitMode};
+//! use std::time::Duration;
+//!
+//! let mut event_loop = EventLoop::<Vec<&str>>::try_new()?;
+//! let timeline = SwTimeline::new("render");
+//! let fences = [("shadow", timeline.create_fence(1)), ("main", timeline.create_fence(2))];
+//!
+//! let source = FenceSource::new(fences, WaitMode::Each)
+//!     .expect("nothing signalled yet")
+//!     .with_timeout(Duration::from_secs(10));
+//! event_loop.handle().insert_source(source, |event, _remaining, done| match event {
+//!     FenceEvent::Signaled(s) => {
+//!         assert_eq!(s.status, FenceStatus::Signaled);
+//!         done.push(s.key);
+//!     }
+//!     other => panic!("unexpected {other:?}"),
+//! })?;
+//!
+//! let mut done = Vec::new();
+//! timeline.advance(2); // from another thread, in real life
+//! while done.len() < 2 {
+//!     event_loop.dispatch(Duration::from_secs(10), &mut done)?;
+//! }
+//! assert_eq!(done, ["shadow", "main"]);
+//!
+//! // Already signalled: no source, no fd.
+//! let ready = FenceSource::new([(0, timeline.create_fence(1))], WaitMode::All).unwrap_err();
+//! assert_eq!(ready.signaled[0].key, 0);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use calloop::generic::Generic;
+use calloop::timer::{TimeoutAction, Timer};
+use calloop::{EventSource, Interest, Mode, Poll, PostAction, Readiness, Token, TokenFactory};
+
+use crate::fence::{Fence, FenceStatus, TARGET};
+use crate::poll::FencePollFd;
+use crate::time::Ktime;
+
+/// When a [`FenceSource`] calls back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WaitMode {
+    /// Once per fence, as each signals ([`FenceEvent::Signaled`] each time).
+    Each,
+    /// Once, for the first fence that signals ([`FenceEvent::Signaled`]); the others are then
+    /// dropped unwatched.
+    Any,
+    /// Once, when every fence has signalled ([`FenceEvent::AllSignaled`]).
+    All,
+}
+
+/// One fence that signalled, as a [`FenceSource`] reports it.
+///
+/// Two are equal when they have equal keys, statuses and timestamps and the same fence
+/// ([`Fence::ptr_eq`]).
+#[derive(Debug, Clone)]
+pub struct Signaled<K> {
+    /// The key the fence was added with.
+    pub key: K,
+    /// The fence.
+    pub fence: Fence,
+    /// [`FenceStatus::Signaled`], or [`FenceStatus::Error`] if it signalled with an error.
+    pub status: FenceStatus,
+    /// When it signalled.
+    pub timestamp: Ktime,
+}
+
+impl<K: PartialEq> PartialEq for Signaled<K> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+            && self.fence.ptr_eq(&other.fence)
+            && self.status == other.status
+            && self.timestamp == other.timestamp
+    }
+}
+
+impl<K: Eq> Eq for Signaled<K> {}
+
+impl<K> Signaled<K> {
+    /// `key` and `fence`, which must have signalled.
+    fn new(key: K, fence: Fence) -> Self {
+        let status = fence.status();
+        debug_assert!(status.is_signaled());
+        let timestamp = fence.timestamp().unwrap_or_else(Ktime::now);
+        Signaled {
+            key,
+            fence,
+            status,
+            timestamp,
+        }
+    }
+}
+
+/// What a [`FenceSource`] delivers to its callback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FenceEvent<K> {
+    /// A fence signalled: every fence in [`WaitMode::Each`], the first one in [`WaitMode::Any`].
+    Signaled(Signaled<K>),
+    /// [`WaitMode::All`]: every fence signalled; here they are, by signal timestamp.
+    AllSignaled(Vec<Signaled<K>>),
+    /// The timeout elapsed; these keys were still pending (in the order they were added). The
+    /// last event: the source removes itself.
+    TimedOut {
+        /// Keys of the fences still pending, in the order they were given.
+        pending: Vec<K>,
+    },
+}
+
+/// Returned by [`FenceSource::new`] instead of a source: nothing needs waiting for.
+///
+/// Holds the fences found signalled: all of them ([`WaitMode::Each`], [`WaitMode::All`]), or the
+/// first one found ([`WaitMode::Any`]). Empty if no fence was given. No fd was created and
+/// nothing was registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ready<K> {
+    /// The fences that had signalled, in the order they were given.
+    pub signaled: Vec<Signaled<K>>,
+}
+
+impl<K: fmt::Debug> fmt::Display for Ready<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} fence(s) already signalled, nothing to wait for",
+            self.signaled.len()
+        )
+    }
+}
+
+impl<K: fmt::Debug> std::error::Error for Ready<K> {}
+
+/// The callback's view of the source (its `Metadata`): what is left, and a way to stop.
+#[derive(Debug)]
+pub struct Remaining {
+    pending: usize,
+    cancel: bool,
+}
+
+impl Remaining {
+    /// How many fences are still pending after this event.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Stop waiting: every registration is removed and the source removes itself; no further
+    /// event is delivered.
+    pub fn cancel(&mut self) {
+        self.cancel = true;
+    }
+}
+
+/// The fd a [`Generic`] watches: the fence's shared poll fd, or a `dup` of it when the same fd
+/// is already in this epoll set (see "Shared fds").
+#[derive(Debug)]
+enum WatchFd {
+    Shared(FencePollFd),
+    Dup(OwnedFd),
+}
+
+impl AsFd for WatchFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            WatchFd::Shared(fd) => fd.as_fd(),
+            WatchFd::Dup(fd) => fd.as_fd(),
+        }
+    }
+}
+
+/// A pending fence: created with the source, watched from the first registration on.
+struct Waiting<K> {
+    /// Position in the list given to `new`, for `TimedOut`'s ordering.
+    index: usize,
+    key: K,
+    fence: Fence,
+    watch: Option<Generic<WatchFd>>,
+}
+
+/// A calloop event source that waits for a set of fences and reports each, the first or all of
+/// them ([`WaitMode`]), with an optional timeout. One-shot: it removes itself when done.
+///
+/// Keys (`K`) name the fences in events: an index, a surface id, anything. See the
+/// [module docs](self) for how it works and an example.
+///
+/// # Events
+///
+/// The callback gets a [`FenceEvent`] and a [`Remaining`] (call [`Remaining::cancel`] to stop).
+/// In [`WaitMode::Each`] it is called once per fence, in signal order (fences found signalled
+/// at construction come first); in [`WaitMode::Any`] once; in [`WaitMode::All`] once with all of
+/// them; or once with [`FenceEvent::TimedOut`] if the timeout elapses first.
+///
+/// # Errors
+///
+/// Inserting the source fails (calloop's `InsertError`, which hands the source back) if a poll
+/// fd cannot be created or registered (e.g. `EMFILE`), or with more than
+/// [`MAX_PENDING`](FenceSource::MAX_PENDING) pending fences.
+pub struct FenceSource<K = usize> {
+    mode: WaitMode,
+    waiting: Vec<Waiting<K>>,
+    /// Found signalled before being watched; delivered on the first dispatch.
+    ready: Vec<Signaled<K>>,
+    /// [`WaitMode::All`]: the fences delivered so far, kept for the final event.
+    collected: Vec<Signaled<K>>,
+    timer: Option<Timer>,
+    /// Our sub-token for synthetic events (`ready` and cancel); no fd behind it.
+    self_token: Option<Token>,
+    cancelled: bool,
+}
+
+impl<K> FenceSource<K> {
+    /// The most pending fences one source can watch (calloop sub-tokens are 16 bits).
+    pub const MAX_PENDING: usize = 65_000;
+
+    /// A source waiting for `fences` (key, fence) in `mode`, or [`Ready`] if nothing needs
+    /// waiting for.
+    ///
+    /// Asks each fence [`Fence::is_signaled`] (one `poll()`/ioctl for a kernel fence, an atomic
+    /// load for a software one) and creates nothing for the signalled ones: no eventfd, no
+    /// registration. Poll fds for the pending ones are created when the source is inserted
+    /// into a loop.
+    ///
+    /// Returns `Err(Ready)` when every fence has signalled, when [`WaitMode::Any`] finds one that
+    /// has (it stops looking there) or when `fences` is empty.
+    pub fn new(
+        fences: impl IntoIterator<Item = (K, Fence)>,
+        mode: WaitMode,
+    ) -> Result<Self, Ready<K>> {
+        let mut waiting = Vec::new();
+        let mut ready = Vec::new();
+        for (index, (key, fence)) in fences.into_iter().enumerate() {
+            if fence.is_signaled() {
+                ready.push(Signaled::new(key, fence));
+                if mode == WaitMode::Any {
+                    return Err(Ready { signaled: ready });
+                }
+            } else {
+                waiting.push(Waiting {
+                    index,
+                    key,
+                    fence,
+                    watch: None,
+                });
+            }
+        }
+        if waiting.is_empty() {
+            return Err(Ready { signaled: ready });
+        }
+        let (ready, collected) = match mode {
+            WaitMode::All => (Vec::new(), ready),
+            WaitMode::Each | WaitMode::Any => (ready, Vec::new()),
+        };
+        tracing::trace!(
+            target: TARGET,
+            pending = waiting.len(),
+            ready = ready.len() + collected.len(),
+            ?mode,
+            "fence source new"
+        );
+        Ok(FenceSource {
+            mode,
+            waiting,
+            ready,
+            collected,
+            timer: None,
+            self_token: None,
+            cancelled: false,
+        })
+    }
+
+    /// Gives up after `timeout` (from now) with [`FenceEvent::TimedOut`]; composes a calloop
+    /// [`Timer`].
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.with_deadline(deadline),
+            None => self,
+        }
+    }
+
+    /// Gives up at `deadline` with [`FenceEvent::TimedOut`].
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.timer = Some(Timer::from_deadline(deadline));
+        self
+    }
+
+    /// The wait mode.
+    pub fn mode(&self) -> WaitMode {
+        self.mode
+    }
+
+    /// Fences not delivered yet (pending, or found signalled and not reported yet).
+    pub fn pending(&self) -> usize {
+        self.waiting.len() + self.ready.len()
+    }
+
+    /// How many fds this source has in the epoll set right now.
+    pub fn registered_fds(&self) -> usize {
+        // A Generic is registered from `register` until it is dropped or unregistered; we drop
+        // it on delivery and clear `self_token` on unregister.
+        if self.self_token.is_none() {
+            return 0;
+        }
+        self.waiting.iter().filter(|w| w.watch.is_some()).count()
+    }
+
+    /// Stops waiting (e.g. through `calloop::Dispatcher::as_source_mut`): every fd leaves the
+    /// epoll set now, no further event is delivered, and the source removes itself from the loop
+    /// on the next dispatch.
+    pub fn cancel(&mut self) {
+        self.cancelled = true;
+        self.waiting.clear(); // drops every Generic: epoll_ctl(DEL)
+        self.ready.clear();
+        self.collected.clear();
+    }
+
+    fn remaining(&self) -> Remaining {
+        Remaining {
+            pending: self.pending(),
+            cancel: false,
+        }
+    }
+
+    /// Delivers `signaled` according to the mode. Returns whether the source is done.
+    fn deliver<F>(&mut self, signaled: Signaled<K>, callback: &mut F) -> bool
+    where
+        F: FnMut(FenceEvent<K>, &mut Remaining),
+    {
+        match self.mode {
+            WaitMode::Each => {
+                let mut remaining = self.remaining();
+                callback(FenceEvent::Signaled(signaled), &mut remaining);
+                if remaining.cancel {
+                    self.cancel();
+                    return true;
+                }
+                false
+            }
+            WaitMode::Any => {
+                // Call back first: tearing down the other registrations (one epoll_ctl each)
+                // must not delay the event.
+                let mut remaining = Remaining {
+                    pending: 0,
+                    cancel: false,
+                };
+                callback(FenceEvent::Signaled(signaled), &mut remaining);
+                self.cancel();
+                true
+            }
+            WaitMode::All => {
+                self.collected.push(signaled);
+                false
+            }
+        }
+    }
+
+    /// Finishes if nothing is pending: the final event of [`WaitMode::All`]. Returns whether the
+    /// source is done.
+    fn finish_if_done<F>(&mut self, callback: &mut F) -> bool
+    where
+        F: FnMut(FenceEvent<K>, &mut Remaining),
+    {
+        if self.cancelled {
+            return true;
+        }
+        if self.pending() > 0 {
+            return false;
+        }
+        if self.mode == WaitMode::All {
+            let mut all = std::mem::take(&mut self.collected);
+            all.sort_by_key(|s| s.timestamp); // stable: delivery order among equal timestamps
+            callback(FenceEvent::AllSignaled(all), &mut self.remaining());
+        }
+        true
+    }
+
+    /// The pending fence whose watch owns `token`, if any.
+    fn find(&mut self, readiness: Readiness, token: Token) -> io::Result<Option<usize>> {
+        for (i, waiting) in self.waiting.iter_mut().enumerate() {
+            let Some(watch) = &mut waiting.watch else {
+                continue;
+            };
+            let mut ours = false;
+            // Generic skips tokens that are not its own without calling back.
+            watch.process_events(readiness, token, |_, _| {
+                ours = true;
+                Ok(PostAction::Continue)
+            })?;
+            if ours {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    fn register_watch(
+        waiting: &mut Waiting<K>,
+        poll: &mut Poll,
+        token_factory: &mut TokenFactory,
+    ) -> calloop::Result<()> {
+        let watch = match &mut waiting.watch {
+            Some(watch) => watch,
+            None => waiting.watch.insert(Generic::new(
+                WatchFd::Shared(waiting.fence.poll_fd()?),
+                Interest::READ,
+                Mode::Level,
+            )),
+        };
+        match watch.register(poll, token_factory) {
+            Err(calloop::Error::IoError(err))
+                if err.raw_os_error() == Some(rustix::io::Errno::EXIST.raw_os_error()) =>
+            {
+                // The same fd is already in this epoll set (another source, or the same fence
+                // twice): watch a dup of it.
+                let dup =
+                    rustix::io::fcntl_dupfd_cloexec(watch.get_ref(), 0).map_err(io::Error::from)?;
+                let watch = waiting.watch.insert(Generic::new(
+                    WatchFd::Dup(dup),
+                    Interest::READ,
+                    Mode::Level,
+                ));
+                watch.register(poll, token_factory)
+            }
+            other => other,
+        }
+    }
+}
+
+impl<K> EventSource for FenceSource<K> {
+    type Event = FenceEvent<K>;
+    type Metadata = Remaining;
+    type Ret = ();
+    type Error = io::Error;
+
+    const NEEDS_EXTRA_LIFECYCLE_EVENTS: bool = true;
+
+    fn process_events<F>(
+        &mut self,
+        readiness: Readiness,
+        token: Token,
+        mut callback: F,
+    ) -> Result<PostAction, Self::Error>
+    where
+        F: FnMut(Self::Event, &mut Self::Metadata) -> Self::Ret,
+    {
+        if self.cancelled {
+            return Ok(PostAction::Remove);
+        }
+
+        // Our synthetic event: fences found signalled before they were watched.
+        if self.self_token == Some(token) {
+            for signaled in std::mem::take(&mut self.ready) {
+                if self.deliver(signaled, &mut callback) {
+                    return Ok(PostAction::Remove);
+                }
+            }
+            return Ok(if self.finish_if_done(&mut callback) {
+                PostAction::Remove
+            } else {
+                PostAction::Continue
+            });
+        }
+
+        // The timeout.
+        if let Some(timer) = &mut self.timer {
+            let mut fired = false;
+            timer.process_events(readiness, token, |_, _| {
+                fired = true;
+                TimeoutAction::Drop
+            })?;
+            if fired {
+                let mut pending: Vec<(usize, K)> = std::mem::take(&mut self.waiting)
+                    .into_iter()
+                    .map(|w| (w.index, w.key))
+                    .collect();
+                pending.sort_by_key(|&(index, _)| index);
+                let pending: Vec<K> = pending.into_iter().map(|(_, key)| key).collect();
+                tracing::trace!(target: TARGET, pending = pending.len(), "fence source timeout");
+                self.cancel();
+                callback(FenceEvent::TimedOut { pending }, &mut self.remaining());
+                return Ok(PostAction::Remove);
+            }
+        }
+
+        // One of the fences' fds is readable.
+        let Some(i) = self.find(readiness, token)? else {
+            return Ok(PostAction::Continue);
+        };
+        if !self.waiting[i].fence.is_signaled() {
+            tracing::trace!(
+                target: TARGET,
+                context = self.waiting[i].fence.context().as_u64(),
+                seqno = self.waiting[i].fence.seqno(),
+                "fence source spurious wakeup"
+            );
+            return Ok(PostAction::Continue);
+        }
+        // One-shot: dropping the Generic removes the fd from the epoll set — after the callback,
+        // so that the epoll_ctl does not delay the event.
+        let Waiting {
+            key, fence, watch, ..
+        } = self.waiting.swap_remove(i);
+        let done = self.deliver(Signaled::new(key, fence), &mut callback)
+            || self.finish_if_done(&mut callback);
+        drop(watch);
+        Ok(if done {
+            PostAction::Remove
+        } else {
+            PostAction::Continue
+        })
+    }
+
+    fn register(
+        &mut self,
+        poll: &mut Poll,
+        token_factory: &mut TokenFactory,
+    ) -> calloop::Result<()> {
+        if self.waiting.len() > Self::MAX_PENDING {
+            return Err(calloop::Error::IoError(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "FenceSource: {} pending fences, at most {} per source",
+                    self.waiting.len(),
+                    Self::MAX_PENDING
+                ),
+            )));
+        }
+        self.self_token = Some(token_factory.token());
+        if let Some(timer) = &mut self.timer {
+            timer.register(poll, token_factory)?;
+        }
+        for waiting in &mut self.waiting {
+            Self::register_watch(waiting, poll, token_factory)?;
+        }
+        Ok(())
+    }
+
+    fn reregister(
+        &mut self,
+        poll: &mut Poll,
+        token_factory: &mut TokenFactory,
+    ) -> calloop::Result<()> {
+        self.self_token = Some(token_factory.token());
+        if let Some(timer) = &mut self.timer {
+            timer.reregister(poll, token_factory)?;
+        }
+        for waiting in &mut self.waiting {
+            match &mut waiting.watch {
+                Some(watch) => watch.reregister(poll, token_factory)?,
+                None => Self::register_watch(waiting, poll, token_factory)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn unregister(&mut self, poll: &mut Poll) -> calloop::Result<()> {
+        self.self_token = None;
+        let mut result = Ok(());
+        if let Some(timer) = &mut self.timer {
+            result = timer.unregister(poll);
+        }
+        for waiting in &mut self.waiting {
+            if let Some(watch) = &mut waiting.watch {
+                // Keep going on error: leave nothing behind in the epoll set.
+                let r = watch.unregister(poll);
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+        }
+        result
+    }
+
+    fn before_sleep(&mut self) -> calloop::Result<Option<(Readiness, Token)>> {
+        // Fences found signalled at construction, and a cancel, are delivered without an fd.
+        if self.ready.is_empty() && !self.cancelled {
+            return Ok(None);
+        }
+        Ok(self.self_token.map(|token| (Readiness::EMPTY, token)))
+    }
+}
+
+impl<K: fmt::Debug> fmt::Debug for FenceSource<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FenceSource")
+            .field("mode", &self.mode)
+            .field(
+                "waiting",
+                &self.waiting.iter().map(|w| &w.key).collect::<Vec<_>>(),
+            )
+            .field("ready", &self.ready.len())
+            .field("collected", &self.collected.len())
+            .field(
+                "timer",
+                &self.timer.as_ref().and_then(Timer::current_deadline),
+            )
+            .field("registered_fds", &self.registered_fds())
+            .field("cancelled", &self.cancelled)
+            .finish()
+    }
+}
