@@ -21,7 +21,6 @@ use rustix::event::{epoll, PollFlags};
 use rustix::io::Errno;
 
 use crate::context::context_alloc;
-use crate::error::FenceError;
 use crate::fence::{Fence, FenceSignaler, TARGET};
 use crate::ioctl::{self, ioctl_ptr, iow, iowr, Opcode};
 use crate::ops::FenceOps;
@@ -290,33 +289,14 @@ impl FenceOps for DmaBufPollFence {
         if self.signaled() {
             return false;
         }
-        let for_reactor = signaler.clone();
-        let on_ready: reactor::OnReady = Box::new(move || {
-            // `false` (re-arm) if new fences arrived between the wake-up and this check.
-            for_reactor
-                .upgrade()
-                .is_none_or(|fence| fence.is_signaled())
-        });
         let events = match self.access {
             Access::Read => epoll::EventFlags::IN,
             Access::Write => epoll::EventFlags::OUT,
         };
-        match reactor::watch(self.fd.clone(), events, on_ready) {
-            Ok(watch) => {
-                *self.watch.lock().unwrap_or_else(PoisonError::into_inner) = Some(watch);
-            }
-            Err(err) => {
-                tracing::error!(
-                    target: TARGET,
-                    "dma-buf poll fence: cannot watch the fd ({err}); signalling with that error"
-                );
-                let error = err
-                    .raw_os_error()
-                    .and_then(FenceError::from_errno)
-                    .unwrap_or(FenceError::EIO);
-                signaler.signal_with_error(error);
-            }
-        }
+        // The fd may be ready while new fences arrived since: `is_signaled` says no and the
+        // watch is re-armed.
+        let watch = reactor::watch_fence(self.fd.clone(), events, &signaler, "dma-buf poll fence");
+        *self.watch.lock().unwrap_or_else(PoisonError::into_inner) = watch;
         true
     }
 

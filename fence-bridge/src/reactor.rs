@@ -31,7 +31,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use rustix::event::epoll;
 use rustix::io::Errno;
 
-use crate::fence::TARGET;
+use crate::error::FenceError;
+use crate::fence::{FenceSignaler, TARGET};
 
 /// Called on the reactor thread when the watched fd is ready. Returns `true` when done (the
 /// registration is dropped), `false` to be re-armed for the next readiness.
@@ -149,6 +150,36 @@ pub(crate) fn watch(
         return Err(err.into());
     }
     Ok(Watch { key })
+}
+
+/// What a kernel fence's [`crate::FenceOps::enable_signaling`] does: watch `fd` for `events`
+/// and, each time it is ready, let the fence confirm with [`crate::Fence::is_signaled`] (the
+/// backend's cheap check records status and timestamp; `false` re-arms the watch). If the fd
+/// cannot be watched, the fence is signalled with that error at once: a fence whose signalling
+/// is enabled must signal (the cross-driver contract), and an error is the honest outcome.
+/// `what` names the fence kind in the log line.
+pub(crate) fn watch_fence(
+    fd: Arc<OwnedFd>,
+    events: epoll::EventFlags,
+    signaler: &FenceSignaler,
+    what: &str,
+) -> Option<Watch> {
+    let for_reactor = signaler.clone();
+    let on_ready: OnReady = Box::new(move || {
+        for_reactor.upgrade().is_none_or(|fence| fence.is_signaled())
+    });
+    match watch(fd, events, on_ready) {
+        Ok(watch) => Some(watch),
+        Err(err) => {
+            tracing::error!(
+                target: TARGET,
+                "{what}: cannot watch the fd ({err}); signalling with that error"
+            );
+            let error = err.raw_os_error().and_then(FenceError::from_errno).unwrap_or(FenceError::EIO);
+            signaler.signal_with_error(error);
+            None
+        }
+    }
 }
 
 fn run(r: &'static Reactor) {

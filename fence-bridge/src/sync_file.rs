@@ -526,29 +526,9 @@ impl FenceOps for SyncFileFence {
         if self.check() {
             return false;
         }
-        let for_reactor = signaler.clone();
-        let on_ready: reactor::OnReady = Box::new(move || {
-            // Readable means signalled for a sync_file: `is_signaled` records it.
-            for_reactor
-                .upgrade()
-                .is_none_or(|fence| fence.is_signaled())
-        });
-        match reactor::watch(self.fd.clone(), epoll::EventFlags::IN, on_ready) {
-            Ok(watch) => {
-                *self.watch.lock().unwrap_or_else(PoisonError::into_inner) = Some(watch);
-            }
-            Err(err) => {
-                tracing::error!(
-                    target: TARGET,
-                    "sync_file fence: cannot watch the fd ({err}); signalling with that error"
-                );
-                let error = err
-                    .raw_os_error()
-                    .and_then(FenceError::from_errno)
-                    .unwrap_or(FenceError::EIO);
-                signaler.signal_with_error(error);
-            }
-        }
+        // Readable means signalled for a sync_file.
+        let watch = reactor::watch_fence(self.fd.clone(), epoll::EventFlags::IN, &signaler, "sync_file fence");
+        *self.watch.lock().unwrap_or_else(PoisonError::into_inner) = watch;
         true
     }
 
