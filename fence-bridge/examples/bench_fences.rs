@@ -190,6 +190,29 @@ fn calloop_sample(
     woke.unwrap() - sig.t0()
 }
 
+/// calloop's loop side alone: a one-shot `Generic` on an eventfd that is already readable;
+/// `dispatch(0)` to its callback, on one thread.
+fn calloop_loop_side(event_loop: &mut EventLoop<'static, Option<Instant>>) -> Duration {
+    use calloop::generic::Generic;
+    use calloop::{Interest, Mode, PostAction};
+    let fd = eventfd(1, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK).unwrap();
+    event_loop
+        .handle()
+        .insert_source(
+            Generic::new(fd, Interest::READ, Mode::Level),
+            |_, _, woke: &mut Option<Instant>| {
+                *woke = Some(Instant::now());
+                Ok(PostAction::Remove)
+            },
+        )
+        .map_err(|e| e.error)
+        .unwrap();
+    let mut woke = None;
+    let t = Instant::now();
+    event_loop.dispatch(Duration::ZERO, &mut woke).unwrap();
+    woke.expect("ready") - t
+}
+
 /// A tiny deterministic PRNG (xorshift), so runs are comparable.
 struct Rng(u64);
 impl Rng {
@@ -358,6 +381,7 @@ fn host(iters: usize) {
     // writes the core's eventfd from a fence callback) against a bare eventfd write, and the loop
     // side (dispatch of a readable fd to the callback) against a zero-timeout epoll_wait.
     let (mut sig_raw, mut sig_lib, mut loop_raw, mut loop_lib) = (vec![], vec![], vec![], vec![]);
+    let mut loop_calloop = vec![];
     for i in 0..iters {
         let t = Instant::now();
         rustix::io::write(&*raw.fds[0], &1u64.to_ne_bytes()).unwrap();
@@ -395,6 +419,9 @@ fn host(iters: usize) {
         let t = Instant::now();
         event_loop.dispatch(Duration::ZERO, &mut woke).unwrap();
         loop_lib.push(ns(woke.expect("ready") - t));
+
+        // calloop's own loop side: a Generic on an already readable eventfd.
+        loop_calloop.push(ns(calloop_loop_side(&mut event_loop)));
     }
     rows.push(Row {
         name: "  breakdown: signal side (advance -> eventfd write)".into(),
@@ -407,6 +434,18 @@ fn host(iters: usize) {
         lib: stat(&mut loop_lib),
         raw: Some(stat(&mut loop_raw)),
         note: "same thread, fd already readable; raw: epoll_wait(0)".into(),
+    });
+    let loop_lib_median = rows.last().unwrap().lib.median;
+    let calloop_loop = stat(&mut loop_calloop);
+    let note = format!(
+        "calloop alone; FenceSource adds {} over it",
+        fmt_ns(loop_lib_median - calloop_loop.median)
+    );
+    rows.push(Row {
+        name: "  breakdown: loop side, calloop Generic (no library)".into(),
+        lib: calloop_loop,
+        raw: Some(stat(&mut loop_raw)),
+        note,
     });
 
     // Already signalled: no fd, no registration.
@@ -459,17 +498,43 @@ fn host(iters: usize) {
             }
             lib_s.push(ns(woke.unwrap() - sig.t0()));
             event_loop.handle().remove(token); // already removed itself; harmless
-            for fence in &keep {
-                fence.signal(); // nobody is left waiting: release them quietly
-            }
+            // Released unsignalled: the source let go of their poll fds, so nobody waits on
+            // them and they go quietly (no EDEADLK, no warning).
             drop(keep);
         }
+        // The loop side alone, on one thread: the fence is already signalled when `dispatch(0)`
+        // runs, so this is calloop's dispatch plus FenceSource's lookup among n.
+        let mut loop_s = Vec::new();
+        for _ in 0..samples.max(5) {
+            let fences: Vec<Fence> = (0..n).map(|_| ctx.create_fence()).collect();
+            let target = fences[rng.below(n)].clone();
+            let source = FenceSource::new(fences.into_iter().enumerate(), WaitMode::Any).unwrap();
+            event_loop
+                .handle()
+                .insert_source(source, |_, _, woke: &mut Option<Instant>| {
+                    *woke = Some(Instant::now())
+                })
+                .map_err(|e| e.error)
+                .unwrap();
+            target.signal();
+            let mut woke = None;
+            let t = Instant::now();
+            event_loop.dispatch(Duration::ZERO, &mut woke).unwrap();
+            loop_s.push(ns(woke.expect("ready") - t));
+        }
         let setup = stat(&mut setup);
+        let lib = stat(&mut lib_s);
+        let loop_side = stat(&mut loop_s);
         rows.push(Row {
             name: format!("wait-any, {n} pending: signal one -> callback"),
-            lib: stat(&mut lib_s),
+            lib,
             raw: Some(stat(&mut raw_s)),
-            note: format!("setup (eventfds+epoll_ctl) median {}", fmt_ns(setup.median)),
+            note: format!(
+                "setup (eventfds+epoll_ctl) median {}; loop side alone median {} p99 {}",
+                fmt_ns(setup.median),
+                fmt_ns(loop_side.median),
+                fmt_ns(loop_side.p99)
+            ),
         });
     }
     print_table("fence-bridge: host rows (software fences)", &rows);
@@ -597,6 +662,19 @@ fn kernel(iters: usize) {
         None => println!("kernel rows: no virtio_gpu render node: syncobj rows skipped"),
     }
     if !rows.is_empty() {
+        // calloop's own floor in this guest, for the same comparison as the host rows.
+        let (mut raw_s, mut cal_s) = (Vec::new(), Vec::new());
+        let raw = RawEpoll::new(1);
+        for _ in 0..iters {
+            raw_s.push(ns(raw.sample(&sig, 0)));
+            cal_s.push(ns(calloop_sample(&mut event_loop, &sig)));
+        }
+        rows.push(Row {
+            name: "calloop floor (guest): Generic<eventfd> -> callback".into(),
+            lib: stat(&mut cal_s),
+            raw: Some(stat(&mut raw_s)),
+            note: "raw: eventfd write -> epoll_wait, in the guest".into(),
+        });
         print_table("fence-bridge: kernel rows", &rows);
     }
 }

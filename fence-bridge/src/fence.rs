@@ -134,8 +134,20 @@ pub(crate) struct State {
     /// eventfd handed out by [`Fence::poll_fd`], created on first request only.
     pub(crate) poll_fd: Option<crate::poll::SharedEventFd>,
     /// Whether `poll_fd` is the backend's own ([`FenceOps::native_poll_fd`]), which blocking
-    /// waits then poll instead of the condvar.
+    /// waits then poll instead of the condvar. When it is not (the core's eventfd), the signal
+    /// writes it directly: it is not a callback, so it never counts as a pending waiter at release
+    /// unless a [`crate::FencePollFd`] is still held somewhere (see `Drop for Inner`).
     pub(crate) poll_fd_native: bool,
+    /// Threads asleep on `cond` (only counted under this lock). The signal calls
+    /// `Condvar::notify_all` — a futex syscall even with nobody waiting — only if non-zero.
+    waiters: u32,
+}
+
+impl State {
+    /// The core eventfd to write when the fence signals, if one was handed out.
+    fn core_poll_fd(&self) -> Option<&crate::poll::SharedEventFd> {
+        self.poll_fd.as_ref().filter(|_| !self.poll_fd_native)
+    }
 }
 
 pub(crate) struct Inner {
@@ -143,7 +155,7 @@ pub(crate) struct Inner {
     seqno: u64,
     ops: Box<dyn FenceOps>,
     /// `DMA_FENCE_FLAG_SIGNALED_BIT`: set (under `state`'s lock) when `phase` becomes `Signaled`.
-    signaled: AtomicBool,
+    pub(crate) signaled: AtomicBool,
     /// `DMA_FENCE_FLAG_ENABLE_SIGNAL_BIT`: someone asked for signalling.
     enable_requested: AtomicBool,
     state: Mutex<State>,
@@ -170,7 +182,7 @@ impl Inner {
     /// `dma_fence_signal_timestamp()`: the one place a fence becomes signalled.
     /// `error: Some` overrides an error set earlier.
     fn signal(&self, timestamp: Ktime, error: Option<FenceError>) -> bool {
-        let (callbacks, error) = {
+        let (callbacks, error, poll_fd, wake) = {
             let mut st = self.lock();
             let Phase::Pending {
                 error: set_error,
@@ -183,9 +195,15 @@ impl Inner {
             let callbacks = std::mem::take(callbacks);
             st.phase = Phase::Signaled { error, timestamp };
             self.signaled.store(true, Ordering::Release);
-            (callbacks, error)
+            (callbacks, error, st.core_poll_fd().cloned(), st.waiters > 0)
         };
-        self.cond.notify_all();
+        // The poll fd first: it is what wakes event loops, the latency-critical path.
+        if let Some(fd) = poll_fd {
+            crate::poll::notify(&fd);
+        }
+        if wake {
+            self.cond.notify_all();
+        }
         stats::bump(&stats::FENCES_SIGNALED);
         tracing::trace!(
             target: TARGET,
@@ -196,7 +214,9 @@ impl Inner {
             callbacks = callbacks.len(),
             "fence signal"
         );
-        run_callbacks(callbacks, &self.info(timestamp, error));
+        if !callbacks.is_empty() {
+            run_callbacks(callbacks, &self.info(timestamp, error));
+        }
         true
     }
 }
@@ -221,23 +241,41 @@ fn run_callbacks(callbacks: Vec<(u64, Callback)>, info: &SignalInfo) {
 }
 
 impl Drop for Inner {
-    /// Release (`dma_fence_release()`): force-signal with `EDEADLK` if callbacks are pending
-    /// (never leak or skip them), then tell the backend.
+    /// Release (`dma_fence_release()`): force-signal with `EDEADLK` if someone still waits —
+    /// callbacks are pending (never leak or skip them), or a [`crate::FencePollFd`] of the core's
+    /// eventfd is still held by someone (it becomes readable, so they do not wait forever) —
+    /// then tell the backend.
+    ///
+    /// The core's own reference to its poll eventfd is not a waiter: a fence whose poll fd nobody
+    /// else holds any more (e.g. a `FenceSource` that already let go of it) is released quietly,
+    /// like one without callbacks.
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        let pending_callbacks = match &mut st.phase {
-            Phase::Pending { callbacks, .. } if !callbacks.is_empty() => std::mem::take(callbacks),
-            _ => Vec::new(),
+        let core_fd_held = !st.poll_fd_native
+            && st
+                .poll_fd
+                .as_ref()
+                .is_some_and(|fd| std::sync::Arc::strong_count(fd) > 1);
+        let (pending_callbacks, fd_waiter) = match &mut st.phase {
+            Phase::Pending { callbacks, .. } => (std::mem::take(callbacks), core_fd_held),
+            Phase::Signaled { .. } => (Vec::new(), false),
         };
-        if !pending_callbacks.is_empty() {
+        if !pending_callbacks.is_empty() || fd_waiter {
             let timestamp = Ktime::now();
             let error = Some(FenceError::EDEADLK);
             st.phase = Phase::Signaled { error, timestamp };
             *self.signaled.get_mut() = true;
+            if fd_waiter {
+                if let Some(fd) = &st.poll_fd {
+                    crate::poll::notify(fd);
+                }
+            }
             stats::bump(&stats::RELEASED_WITH_PENDING);
             stats::bump(&stats::FENCES_SIGNALED);
             tracing::warn!(
                 target: TARGET,
+                callbacks = pending_callbacks.len(),
+                poll_fd_held = fd_waiter,
                 "fence {}:{}:{}:{} released with pending signals",
                 self.ops.driver_name(),
                 self.ops.timeline_name(),
@@ -268,8 +306,9 @@ impl Drop for Inner {
 ///    variants on the fence or on a [`FenceSignaler`], or the backend's
 ///    [`FenceOps::signaled`] poll. From then on the status (success or the error set before the
 ///    signal) and the timestamp are fixed, waiters wake, and callbacks run.
-/// 4. **Released** when the last handle drops. If callbacks are still pending then, the fence is
-///    first signalled with [`FenceError::EDEADLK`] and they run (the kernel's "released with
+/// 4. **Released** when the last handle drops. If callbacks are still pending then (or someone
+///    still holds a [`crate::FencePollFd`] of the core's eventfd, which then becomes readable),
+///    the fence is first signalled with [`FenceError::EDEADLK`] and they run (the kernel's "released with
 ///    pending signals" warning, also emitted as a `tracing` warning), then
 ///    [`FenceOps::release`] runs. A backend that will signal later must hold a `Fence` (not just
 ///    its [`FenceSignaler`]) if the callbacks should see that real signal.
@@ -321,6 +360,7 @@ impl Fence {
                     },
                     poll_fd: None,
                     poll_fd_native: false,
+                    waiters: 0,
                 }),
                 cond: Condvar::new(),
             }),
@@ -461,6 +501,22 @@ impl Fence {
             Phase::Signaled { error, .. } => {
                 error.map_or(FenceStatus::Signaled, FenceStatus::Error)
             }
+        }
+    }
+
+    /// Status and timestamp in one lock, if signalled (after the backend poll of
+    /// [`is_signaled`](Fence::is_signaled)); for event sources delivering a signalled fence.
+    #[cfg_attr(not(feature = "calloop"), allow(dead_code))] // used by the calloop source
+    pub(crate) fn signaled_result(&self) -> Option<(FenceStatus, Ktime)> {
+        if !self.is_signaled() {
+            return None;
+        }
+        match &self.inner.lock().phase {
+            Phase::Pending { .. } => None,
+            Phase::Signaled { error, timestamp } => Some((
+                error.map_or(FenceStatus::Signaled, FenceStatus::Error),
+                *timestamp,
+            )),
         }
     }
 
@@ -634,11 +690,13 @@ impl Fence {
             }
             match deadline {
                 None => {
+                    st.waiters += 1;
                     st = self
                         .inner
                         .cond
                         .wait(st)
-                        .unwrap_or_else(PoisonError::into_inner)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    st.waiters -= 1;
                 }
                 Some(deadline) => {
                     let now = Instant::now();
@@ -651,12 +709,14 @@ impl Fence {
                             FenceStatus::Error(err) => Err(WaitError::Failed(err)),
                         };
                     }
+                    st.waiters += 1;
                     st = self
                         .inner
                         .cond
                         .wait_timeout(st, deadline - now)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
+                    st.waiters -= 1;
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
+use rustix::event::{eventfd, EventfdFlags, PollFlags};
 
 use crate::error::WaitError;
 use crate::fence::{Fence, FenceStatus, TARGET};
@@ -20,10 +20,15 @@ pub(crate) type SharedEventFd = Arc<OwnedFd>;
 /// An fd that becomes readable (`POLLIN`) when its fence signals, and stays readable — like a
 /// sync_file. Returned by [`Fence::poll_fd`].
 ///
-/// It is an eventfd written by a fence callback; nobody reads it, so it is level-triggered
-/// for good. Register it with calloop/epoll, or block on it with
-/// [`wait_readable`](FencePollFd::wait_readable). Clones share one fd, which is closed when the
-/// last clone and the fence's callback are gone.
+/// It is an eventfd written by the fence's signal (directly, not through a callback); nobody
+/// reads it, so it is level-triggered for good. Register it with calloop/epoll, or block on it
+/// with [`wait_readable`](FencePollFd::wait_readable). Clones share one fd, which is closed when
+/// the last clone and the fence are gone.
+///
+/// If the fence is released unsignalled while a `FencePollFd` of it is still held, the holder is
+/// a waiter: the fence is force-signalled with [`crate::FenceError::EDEADLK`] (the "released with
+/// pending signals" warning) and the fd becomes readable. If nobody holds one any more, the fence
+/// is released quietly: the core's own reference to its eventfd is not a waiter.
 #[derive(Debug, Clone)]
 pub struct FencePollFd {
     fd: SharedEventFd,
@@ -33,25 +38,7 @@ impl FencePollFd {
     /// Polls the fd for readability for up to `timeout` (`None`: forever). Returns whether it is
     /// readable, i.e. whether the fence signalled. Retries on `EINTR`.
     pub fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        loop {
-            let remaining = match (timeout, deadline) {
-                (None, _) | (Some(_), None) => None,
-                (Some(_), Some(deadline)) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    Some(rustix::time::Timespec {
-                        tv_sec: left.as_secs() as i64,
-                        tv_nsec: left.subsec_nanos() as _,
-                    })
-                }
-            };
-            let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-            match poll(&mut fds, remaining.as_ref()) {
-                Ok(n) => return Ok(n > 0 && fds[0].revents().contains(PollFlags::IN)),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(err) => return Err(err.into()),
-            }
-        }
+        crate::ioctl::poll_one(self.fd.as_fd(), PollFlags::IN, timeout)
     }
 
     /// Whether the fd is readable right now (a zero-timeout poll).
@@ -72,7 +59,7 @@ impl AsRawFd for FencePollFd {
     }
 }
 
-fn notify(fd: &OwnedFd) {
+pub(crate) fn notify(fd: &OwnedFd) {
     // The counter cannot overflow with one write per fence; EAGAIN would only mean "readable".
     let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
@@ -138,8 +125,8 @@ impl Fence {
     ///
     /// A fence whose backend has its own pollable fd ([`crate::FenceOps::native_poll_fd`]: a
     /// sync_file, a syncobj eventfd) returns that. Otherwise the first call creates one eventfd
-    /// for this fence and adds a callback that writes it (which enables signalling); later calls
-    /// return the same fd. No eventfd exists before the
+    /// for this fence, which the signal writes (before waking waiters and running callbacks), and
+    /// enables signalling; later calls return the same fd. No eventfd exists before the
     /// first call. On an already-signalled fence the eventfd is created readable — check
     /// [`Fence::is_signaled`] first if you can avoid the fd altogether.
     ///
@@ -169,7 +156,7 @@ impl Fence {
                 return native;
             }
         }
-        let fd = {
+        let (fd, signaled) = {
             let mut st = self.inner.lock();
             if let Some(fd) = &st.poll_fd {
                 return Ok(FencePollFd { fd: fd.clone() });
@@ -177,8 +164,11 @@ impl Fence {
             let fd: SharedEventFd =
                 Arc::new(eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?);
             stats::bump(&stats::EVENTFDS_CREATED);
+            // From here on the signal writes it (it reads `poll_fd` under this lock); if the
+            // fence signalled already, nobody else will.
             st.poll_fd = Some(fd.clone());
-            fd
+            st.poll_fd_native = false;
+            (fd, self.inner.signaled.load(std::sync::atomic::Ordering::Acquire))
         };
         tracing::trace!(
             target: TARGET,
@@ -187,9 +177,10 @@ impl Fence {
             fd = fd.as_raw_fd(),
             "fence poll fd created"
         );
-        let for_callback = fd.clone();
-        if self.add_callback(move |_| notify(&for_callback)).is_err() {
+        if signaled {
             notify(&fd);
+        } else {
+            self.enable_signaling();
         }
         Ok(FencePollFd { fd })
     }

@@ -12,7 +12,7 @@
 //! # Implementation notes
 //!
 //! * **Already signalled costs nothing.** [`FenceSource::new`] asks [`Fence::is_signaled`]
-//!   first (for a kernel fence: one `poll()` or one ioctl) and never creates an fd or a
+//!   first (for a kernel fence: one ioctl) and never creates an fd or a
 //!   registration for a fence that has signalled. When nothing is left to wait for (every fence
 //!   signalled, or in [`WaitMode::Any`] one of them), it returns [`Ready`] instead of a source,
 //!   like Smithay's `DmabufSource::new` returns `AlreadyReady`. Fences found signalled next to
@@ -30,9 +30,17 @@
 //! * **Shared fds.** A fence has one poll fd, so two sources waiting for the same fence in one
 //!   loop would register the same fd twice, which epoll refuses (`EEXIST`). The second
 //!   registration then uses a `dup` of the fd: one extra fd, only in that case.
-//! * **Lookup.** calloop tokens cannot be hashed, so an event is matched by asking each pending
-//!   [`Generic`] in turn (a token comparison each): O(pending) per wakeup, a few µs for
-//!   10,000 fences.
+//! * **Lookup.** calloop tokens are opaque and cannot be hashed, and each [`Generic`] keeps
+//!   its token to itself, so an event is matched by asking each pending Generic (a token
+//!   comparison each): O(pending) per wakeup, a few µs at 10,000 fences. An O(1) lookup needs
+//!   `Hash` on calloop's `Token`; reading the token's `Debug` text instead would tie
+//!   correctness to another crate's formatting.
+//! * **Hot path.** Signalling a software fence writes its eventfd first thing after the state
+//!   change (no callback, no allocation, no futex wake unless a thread sleeps in a blocking
+//!   wait); delivering it takes one lock of the fence and allocates nothing. What calloop's
+//!   `polling` backend does per dispatch (`timerfd_settime` + two `epoll_ctl(MOD)` + a `read`
+//!   of its notifier around every `epoll_wait`, whatever the timeout or mode) is the same for
+//!   every calloop source.
 //! * **Limits.** calloop gives one source 65,536 sub-tokens; the source needs two for itself,
 //!   hence [`FenceSource::MAX_PENDING`].
 //!
@@ -123,21 +131,6 @@ impl<K: PartialEq> PartialEq for Signaled<K> {
 
 impl<K: Eq> Eq for Signaled<K> {}
 
-impl<K> Signaled<K> {
-    /// `key` and `fence`, which must have signalled.
-    fn new(key: K, fence: Fence) -> Self {
-        let status = fence.status();
-        debug_assert!(status.is_signaled());
-        let timestamp = fence.timestamp().unwrap_or_else(Ktime::now);
-        Signaled {
-            key,
-            fence,
-            status,
-            timestamp,
-        }
-    }
-}
-
 /// What a [`FenceSource`] delivers to its callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FenceEvent<K> {
@@ -215,11 +208,11 @@ impl AsFd for WatchFd {
 
 /// A pending fence: created with the source, watched from the first registration on.
 struct Waiting<K> {
-    /// Position in the list given to `new`, for `TimedOut`'s ordering.
-    index: usize,
+    /// Declared first so that it drops first: when this held the fence's last handle, the fence
+    /// is released after its poll fd left the loop, so that fd is not taken for a waiter.
+    watch: Option<Generic<WatchFd>>,
     key: K,
     fence: Fence,
-    watch: Option<Generic<WatchFd>>,
 }
 
 /// A calloop event source that waits for a set of fences and reports each, the first or all of
@@ -242,7 +235,11 @@ struct Waiting<K> {
 /// [`MAX_PENDING`](FenceSource::MAX_PENDING) pending fences.
 pub struct FenceSource<K = usize> {
     mode: WaitMode,
-    waiting: Vec<Waiting<K>>,
+    /// The pending fences, in the order given (a slot is emptied when its fence is delivered;
+    /// slots never move, so a slot number stays valid for the token table).
+    slots: Vec<Option<Waiting<K>>>,
+    /// How many of `slots` are occupied.
+    waiting: usize,
     /// Found signalled before being watched; delivered on the first dispatch.
     ready: Vec<Signaled<K>>,
     /// [`WaitMode::All`]: the fences delivered so far, kept for the final event.
@@ -260,7 +257,7 @@ impl<K> FenceSource<K> {
     /// A source waiting for `fences` (key, fence) in `mode`, or [`Ready`] if nothing needs
     /// waiting for.
     ///
-    /// Asks each fence [`Fence::is_signaled`] (one `poll()`/ioctl for a kernel fence, an atomic
+    /// Asks each fence [`Fence::is_signaled`] (one ioctl for a kernel fence, an atomic
     /// load for a software one) and creates nothing for the signalled ones: no eventfd, no
     /// registration. Poll fds for the pending ones are created when the source is inserted
     /// into a loop.
@@ -271,24 +268,29 @@ impl<K> FenceSource<K> {
         fences: impl IntoIterator<Item = (K, Fence)>,
         mode: WaitMode,
     ) -> Result<Self, Ready<K>> {
-        let mut waiting = Vec::new();
+        let mut slots = Vec::new();
         let mut ready = Vec::new();
-        for (index, (key, fence)) in fences.into_iter().enumerate() {
-            if fence.is_signaled() {
-                ready.push(Signaled::new(key, fence));
-                if mode == WaitMode::Any {
-                    return Err(Ready { signaled: ready });
+        for (key, fence) in fences {
+            match fence.signaled_result() {
+                Some((status, timestamp)) => {
+                    ready.push(Signaled {
+                        key,
+                        fence,
+                        status,
+                        timestamp,
+                    });
+                    if mode == WaitMode::Any {
+                        return Err(Ready { signaled: ready });
+                    }
                 }
-            } else {
-                waiting.push(Waiting {
-                    index,
+                None => slots.push(Some(Waiting {
+                    watch: None,
                     key,
                     fence,
-                    watch: None,
-                });
+                })),
             }
         }
-        if waiting.is_empty() {
+        if slots.is_empty() {
             return Err(Ready { signaled: ready });
         }
         let (ready, collected) = match mode {
@@ -297,14 +299,15 @@ impl<K> FenceSource<K> {
         };
         tracing::trace!(
             target: TARGET,
-            pending = waiting.len(),
+            pending = slots.len(),
             ready = ready.len() + collected.len(),
             ?mode,
             "fence source new"
         );
         Ok(FenceSource {
             mode,
-            waiting,
+            waiting: slots.len(),
+            slots,
             ready,
             collected,
             timer: None,
@@ -335,7 +338,7 @@ impl<K> FenceSource<K> {
 
     /// Fences not delivered yet (pending, or found signalled and not reported yet).
     pub fn pending(&self) -> usize {
-        self.waiting.len() + self.ready.len()
+        self.waiting + self.ready.len()
     }
 
     /// How many fds this source has in the epoll set right now.
@@ -345,7 +348,11 @@ impl<K> FenceSource<K> {
         if self.self_token.is_none() {
             return 0;
         }
-        self.waiting.iter().filter(|w| w.watch.is_some()).count()
+        self.slots
+            .iter()
+            .flatten()
+            .filter(|w| w.watch.is_some())
+            .count()
     }
 
     /// Stops waiting (e.g. through `calloop::Dispatcher::as_source_mut`): every fd leaves the
@@ -353,7 +360,8 @@ impl<K> FenceSource<K> {
     /// on the next dispatch.
     pub fn cancel(&mut self) {
         self.cancelled = true;
-        self.waiting.clear(); // drops every Generic: epoll_ctl(DEL)
+        self.slots.clear(); // drops every Generic: epoll_ctl(DEL)
+        self.waiting = 0;
         self.ready.clear();
         self.collected.clear();
     }
@@ -418,23 +426,44 @@ impl<K> FenceSource<K> {
         true
     }
 
-    /// The pending fence whose watch owns `token`, if any.
+    /// The pending slot whose watch owns `token`, if any.
     fn find(&mut self, readiness: Readiness, token: Token) -> io::Result<Option<usize>> {
-        for (i, waiting) in self.waiting.iter_mut().enumerate() {
-            let Some(watch) = &mut waiting.watch else {
-                continue;
-            };
-            let mut ours = false;
-            // Generic skips tokens that are not its own without calling back.
-            watch.process_events(readiness, token, |_, _| {
-                ours = true;
-                Ok(PostAction::Continue)
-            })?;
-            if ours {
-                return Ok(Some(i));
+        for (slot, waiting) in self.slots.iter_mut().enumerate() {
+            if Self::owns(waiting, readiness, token)? {
+                return Ok(Some(slot));
             }
         }
         Ok(None)
+    }
+
+    /// Whether `waiting`'s Generic is registered with `token`.
+    fn owns(waiting: &mut Option<Waiting<K>>, readiness: Readiness, token: Token) -> io::Result<bool> {
+        let Some(watch) = waiting.as_mut().and_then(|w| w.watch.as_mut()) else {
+            return Ok(false);
+        };
+        let mut ours = false;
+        // Generic skips tokens that are not its own without calling back.
+        watch.process_events(readiness, token, |_, _| {
+            ours = true;
+            Ok(PostAction::Continue)
+        })?;
+        Ok(ours)
+    }
+
+    /// Registers (or re-registers) every slot's Generic.
+    fn register_slots(
+        &mut self,
+        poll: &mut Poll,
+        token_factory: &mut TokenFactory,
+        reregister: bool,
+    ) -> calloop::Result<()> {
+        for waiting in self.slots.iter_mut().flatten() {
+            match &mut waiting.watch {
+                Some(watch) if reregister => watch.reregister(poll, token_factory)?,
+                _ => Self::register_watch(waiting, poll, token_factory)?,
+            }
+        }
+        Ok(())
     }
 
     fn register_watch(
@@ -513,12 +542,12 @@ impl<K> EventSource for FenceSource<K> {
                 TimeoutAction::Drop
             })?;
             if fired {
-                let mut pending: Vec<(usize, K)> = std::mem::take(&mut self.waiting)
+                // Slots are in the order the fences were given.
+                let pending: Vec<K> = std::mem::take(&mut self.slots)
                     .into_iter()
-                    .map(|w| (w.index, w.key))
+                    .flatten()
+                    .map(|w| w.key)
                     .collect();
-                pending.sort_by_key(|&(index, _)| index);
-                let pending: Vec<K> = pending.into_iter().map(|(_, key)| key).collect();
                 tracing::trace!(target: TARGET, pending = pending.len(), "fence source timeout");
                 self.cancel();
                 callback(FenceEvent::TimedOut { pending }, &mut self.remaining());
@@ -527,25 +556,31 @@ impl<K> EventSource for FenceSource<K> {
         }
 
         // One of the fences' fds is readable.
-        let Some(i) = self.find(readiness, token)? else {
+        let Some(slot) = self.find(readiness, token)? else {
             return Ok(PostAction::Continue);
         };
-        if !self.waiting[i].fence.is_signaled() {
+        let fence = &self.slots[slot].as_ref().expect("found slots are occupied").fence;
+        let Some((status, timestamp)) = fence.signaled_result() else {
             tracing::trace!(
                 target: TARGET,
-                context = self.waiting[i].fence.context().as_u64(),
-                seqno = self.waiting[i].fence.seqno(),
+                context = fence.context().as_u64(),
+                seqno = fence.seqno(),
                 "fence source spurious wakeup"
             );
             return Ok(PostAction::Continue);
-        }
+        };
         // One-shot: dropping the Generic removes the fd from the epoll set — after the callback,
         // so that the epoll_ctl does not delay the event.
-        let Waiting {
-            key, fence, watch, ..
-        } = self.waiting.swap_remove(i);
-        let done = self.deliver(Signaled::new(key, fence), &mut callback)
-            || self.finish_if_done(&mut callback);
+        let Waiting { watch, key, fence } = self.slots[slot].take().expect("occupied");
+        self.waiting -= 1;
+        let signaled = Signaled {
+            key,
+            fence,
+            status,
+            timestamp,
+        };
+        let done =
+            self.deliver(signaled, &mut callback) || self.finish_if_done(&mut callback);
         drop(watch);
         Ok(if done {
             PostAction::Remove
@@ -559,22 +594,20 @@ impl<K> EventSource for FenceSource<K> {
         poll: &mut Poll,
         token_factory: &mut TokenFactory,
     ) -> calloop::Result<()> {
-        if self.waiting.len() > Self::MAX_PENDING {
+        if self.waiting > Self::MAX_PENDING {
             return Err(calloop::Error::IoError(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!(
                     "FenceSource: {} pending fences, at most {} per source",
-                    self.waiting.len(),
+                    self.waiting,
                     Self::MAX_PENDING
                 ),
             )));
         }
         self.self_token = Some(token_factory.token());
+        self.register_slots(poll, token_factory, false)?;
         if let Some(timer) = &mut self.timer {
             timer.register(poll, token_factory)?;
-        }
-        for waiting in &mut self.waiting {
-            Self::register_watch(waiting, poll, token_factory)?;
         }
         Ok(())
     }
@@ -585,14 +618,9 @@ impl<K> EventSource for FenceSource<K> {
         token_factory: &mut TokenFactory,
     ) -> calloop::Result<()> {
         self.self_token = Some(token_factory.token());
+        self.register_slots(poll, token_factory, true)?;
         if let Some(timer) = &mut self.timer {
             timer.reregister(poll, token_factory)?;
-        }
-        for waiting in &mut self.waiting {
-            match &mut waiting.watch {
-                Some(watch) => watch.reregister(poll, token_factory)?,
-                None => Self::register_watch(waiting, poll, token_factory)?,
-            }
         }
         Ok(())
     }
@@ -603,7 +631,7 @@ impl<K> EventSource for FenceSource<K> {
         if let Some(timer) = &mut self.timer {
             result = timer.unregister(poll);
         }
-        for waiting in &mut self.waiting {
+        for waiting in self.slots.iter_mut().flatten() {
             if let Some(watch) = &mut waiting.watch {
                 // Keep going on error: leave nothing behind in the epoll set.
                 let r = watch.unregister(poll);
@@ -630,7 +658,7 @@ impl<K: fmt::Debug> fmt::Debug for FenceSource<K> {
             .field("mode", &self.mode)
             .field(
                 "waiting",
-                &self.waiting.iter().map(|w| &w.key).collect::<Vec<_>>(),
+                &self.slots.iter().flatten().map(|w| &w.key).collect::<Vec<_>>(),
             )
             .field("ready", &self.ready.len())
             .field("collected", &self.collected.len())

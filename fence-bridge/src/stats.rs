@@ -33,7 +33,9 @@ pub struct Stats {
     pub callbacks_run: u64,
     /// eventfds created by [`crate::Fence::poll_fd`].
     pub eventfds_created: u64,
-    /// Fences released with callbacks pending (force-signalled with `EDEADLK`).
+    /// Fences released with waiters: callbacks pending, or a [`crate::FencePollFd`] of the core's
+    /// eventfd still held by someone (force-signalled with `EDEADLK`). The core's own reference
+    /// to its poll eventfd is not a waiter.
     pub released_with_pending_callbacks: u64,
 }
 

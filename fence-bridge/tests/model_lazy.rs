@@ -80,3 +80,86 @@ fn released_with_pending_callbacks_is_counted() {
     assert_eq!(d.released_with_pending_callbacks, 1);
     assert_eq!(d.callbacks_run, 1);
 }
+
+// --- Release and the core's poll eventfd ---------------------------------------------------------
+
+#[test]
+fn released_with_an_unheld_poll_fd_is_quiet() {
+    let _g = serial();
+    let before = stats();
+    let f = FenceContext::new("lazy").create_fence();
+    let fd = f.poll_fd().unwrap();
+    drop(fd);
+    drop(f);
+    let d = stats().since(&before);
+    assert_eq!(d.eventfds_created, 1);
+    assert_eq!(
+        d.released_with_pending_callbacks, 0,
+        "the core's own poll-fd reference is not a waiter"
+    );
+    assert_eq!(d.fences_signaled, 0, "nobody to wake: not force-signalled");
+    assert_eq!(d.callbacks_run, 0, "the poll fd is not a callback");
+}
+
+#[test]
+fn released_with_a_held_poll_fd_wakes_it_with_the_error() {
+    let _g = serial();
+    let before = stats();
+    let f = FenceContext::new("lazy").create_fence();
+    let fd = f.poll_fd().unwrap();
+    let signaler = f.signaler();
+    assert!(!fd.is_readable().unwrap());
+    drop(f);
+    let d = stats().since(&before);
+    assert_eq!(d.released_with_pending_callbacks, 1, "the fd's holder was a waiter");
+    assert_eq!(d.fences_signaled, 1, "force-signalled (EDEADLK)");
+    assert!(fd.is_readable().unwrap(), "the holder is woken, not left waiting forever");
+    assert!(signaler.is_released());
+}
+
+#[test]
+fn released_with_a_poll_fd_and_a_callback_runs_the_callback_once() {
+    let _g = serial();
+    let before = stats();
+    let f = FenceContext::new("lazy").create_fence();
+    let fd = f.poll_fd().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    f.add_callback(move |info| tx.send(info.status()).unwrap())
+        .unwrap();
+    drop(f);
+    assert_eq!(
+        rx.try_recv().unwrap(),
+        fence_bridge::FenceStatus::Error(fence_bridge::FenceError::EDEADLK)
+    );
+    assert!(fd.is_readable().unwrap());
+    let d = stats().since(&before);
+    assert_eq!(d.released_with_pending_callbacks, 1);
+    assert_eq!(d.callbacks_run, 1, "only the user's callback");
+}
+
+#[test]
+fn signalled_fence_with_poll_fd_releases_quietly() {
+    let _g = serial();
+    let before = stats();
+    let f = FenceContext::new("lazy").create_fence();
+    let fd = f.poll_fd().unwrap();
+    f.signal();
+    assert!(fd.is_readable().unwrap(), "the signal writes the eventfd");
+    drop(f);
+    assert_eq!(stats().since(&before).released_with_pending_callbacks, 0);
+    assert!(fd.is_readable().unwrap());
+}
+
+#[test]
+fn poll_fd_of_a_signalled_fence_costs_no_callback() {
+    let _g = serial();
+    let f = FenceContext::new("lazy").create_fence();
+    f.signal();
+    let before = stats();
+    let fd = f.poll_fd().unwrap();
+    assert!(fd.is_readable().unwrap());
+    let d = stats().since(&before);
+    assert_eq!(d.eventfds_created, 1);
+    assert_eq!(d.signaling_enabled, 0);
+    assert_eq!(d.callbacks_run, 0);
+}

@@ -569,3 +569,122 @@ fn inserting_fails_cleanly_and_hands_the_source_back() {
         "the partial registration is gone"
     );
 }
+
+// --- Large sets (the token table), duplicates inside one, and quiet release ---------------------
+
+#[test]
+fn large_set_delivers_every_fence_by_key_in_any_order() {
+    let _serial = serial();
+    let mut event_loop = EventLoop::<Events<usize>>::try_new().unwrap();
+    let base = registered(&event_loop);
+    let ctx = FenceContext::new("large");
+    let fences: Vec<Fence> = (0..300).map(|_| ctx.create_fence()).collect();
+    let dispatcher = Dispatcher::new(
+        FenceSource::new(fences.iter().cloned().enumerate(), WaitMode::Each)
+            .unwrap()
+            .with_timeout(LONG),
+        |event, _, events: &mut Events<usize>| events.push(event),
+    );
+    event_loop
+        .handle()
+        .register_dispatcher(dispatcher.clone())
+        .unwrap();
+    assert_eq!(registered(&event_loop), base + 300);
+    // A scrambled order (7 is coprime with 300), one dispatch each: every event is looked up
+    // among all still-pending ones.
+    let order: Vec<usize> = (0..300).map(|i| (i * 7 + 3) % 300).collect();
+    let mut events = Vec::new();
+    for (n, &i) in order.iter().enumerate() {
+        fences[i].signal();
+        dispatch_until(&mut event_loop, &mut events, n + 1);
+        assert_eq!(signaled_key(&events[n]), i);
+        assert_eq!(registered(&event_loop), base + 300 - n - 1);
+    }
+    assert_eq!(events.len(), 300);
+}
+
+#[test]
+fn large_set_any_mode_and_a_fence_twice() {
+    let _serial = serial();
+    let mut event_loop = EventLoop::<Events<usize>>::try_new().unwrap();
+    let base = registered(&event_loop);
+    let ctx = FenceContext::new("twice");
+    let mut fences: Vec<Fence> = (0..40).map(|_| ctx.create_fence()).collect();
+    // The same fence at keys 5 and 40: its eventfd is registered once, then as a dup (each
+    // registration attempt takes a token, which the table must account for).
+    fences.push(fences[5].clone());
+    fences.push(ctx.create_fence()); // key 41, after the dup
+    insert(
+        &event_loop,
+        FenceSource::new(fences.iter().cloned().enumerate(), WaitMode::Each).unwrap(),
+    );
+    assert_eq!(registered(&event_loop), base + 42);
+    let mut events = Vec::new();
+    fences[41].signal();
+    dispatch_until(&mut event_loop, &mut events, 1);
+    assert_eq!(signaled_key(&events[0]), 41);
+    fences[5].signal();
+    dispatch_until(&mut event_loop, &mut events, 3);
+    let mut keys: Vec<usize> = events[1..].iter().map(signaled_key).collect();
+    keys.sort();
+    assert_eq!(keys, [5, 40]);
+    fences[39].signal();
+    dispatch_until(&mut event_loop, &mut events, 4);
+    assert_eq!(signaled_key(&events[3]), 39);
+    assert_eq!(registered(&event_loop), base + 38);
+
+    // Any over 1,000: the one signalled is found.
+    let many: Vec<Fence> = (0..1000).map(|_| ctx.create_fence()).collect();
+    insert(
+        &event_loop,
+        FenceSource::new(many.iter().cloned().enumerate(), WaitMode::Any).unwrap(),
+    );
+    many[777].signal();
+    let mut any = Vec::new();
+    let mut event_loop_any = event_loop;
+    // The Each source above still holds 38 pending fences; only the Any source fires.
+    let deadline = Instant::now() + LONG;
+    while any.is_empty() {
+        assert!(Instant::now() < deadline);
+        event_loop_any.dispatch(Some(LONG), &mut any).unwrap();
+    }
+    assert_eq!(any.len(), 1);
+    assert_eq!(signaled_key(&any[0]), 777);
+    assert_eq!(registered(&event_loop_any), base + 38);
+}
+
+#[test]
+fn fences_only_the_source_held_are_released_quietly() {
+    let _serial = serial();
+    let event_loop = EventLoop::<Events<usize>>::try_new().unwrap();
+    let base = registered(&event_loop);
+    let ctx = FenceContext::new("quiet");
+    let before = stats();
+    // The source holds the only handles: removing it releases every fence, unsignalled, while
+    // its poll fds leave the loop. Nobody waits any more: no EDEADLK, no warning.
+    let token = insert(
+        &event_loop,
+        FenceSource::new((0..50).map(|i| (i, ctx.create_fence())), WaitMode::Each).unwrap(),
+    );
+    assert_eq!(registered(&event_loop), base + 50);
+    event_loop.handle().remove(token);
+    assert_eq!(registered(&event_loop), base);
+    let d = stats().since(&before);
+    assert_eq!(d.eventfds_created, 50);
+    assert_eq!(d.released_with_pending_callbacks, 0);
+    assert_eq!(d.fences_signaled, 0);
+
+    // Same through cancel.
+    let before = stats();
+    let dispatcher = Dispatcher::new(
+        FenceSource::new((0..20).map(|i| (i, ctx.create_fence())), WaitMode::Any).unwrap(),
+        |event, _, events: &mut Events<usize>| events.push(event),
+    );
+    event_loop
+        .handle()
+        .register_dispatcher(dispatcher.clone())
+        .unwrap();
+    dispatcher.as_source_mut().cancel();
+    assert_eq!(registered(&event_loop), base);
+    assert_eq!(stats().since(&before).released_with_pending_callbacks, 0);
+}

@@ -266,3 +266,27 @@ fn wait_all_zero_timeout_enables_nothing() {
     let _ = wait_all_timeout(&fs, Some(Duration::ZERO));
     assert!(fs.iter().all(|f| !f.signaling_enabled()));
 }
+
+#[test]
+fn many_blocking_waiters_all_wake_on_one_signal() {
+    // The signal only issues the futex wake when a waiter is counted: make sure none is missed,
+    // with and without timeouts, including waiters arriving while others already sleep.
+    let fence = fences(1).pop().unwrap();
+    let waiters: Vec<_> = (0..8)
+        .map(|i| {
+            let fence = fence.clone();
+            thread::spawn(move || {
+                if i % 2 == 0 {
+                    fence.wait_timeout(Some(Duration::from_secs(30)))
+                } else {
+                    fence.wait_timeout(None)
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(20));
+    assert!(fence.signal());
+    for w in waiters {
+        assert_eq!(w.join().unwrap(), Ok(()));
+    }
+}
