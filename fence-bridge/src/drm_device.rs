@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use drm::{Device as _, DriverCapability};
+use rustix::io::Errno;
 
-use crate::syncobj::raw;
+use crate::syncobj::{ioctl_eventfd, ioctl_export_sync_file};
 
 /// An open DRM node (`/dev/dri/card*` or `/dev/dri/renderD*`): the file syncobj handles belong to.
 ///
@@ -138,7 +139,7 @@ impl DrmDevice {
     pub fn supports_syncobj_timeline(&self) -> bool {
         *self.inner.timeline.get_or_init(|| {
             self.cap(DriverCapability::TimelineSyncObj)
-                && raw::eventfd(self.as_fd(), 0, 0, -1, 0) == Err(rustix::io::Errno::NOENT)
+                && probe(ioctl_eventfd(self.as_fd(), 0, 0, -1, 0)) == Some(Errno::NOENT)
         })
     }
 
@@ -150,14 +151,7 @@ impl DrmDevice {
     pub fn supports_syncobj_point_sync_file(&self) -> bool {
         *self.inner.point_sync_file.get_or_init(|| {
             self.supports_syncobj()
-                && raw::handle_to_fd(
-                    self.as_fd(),
-                    0,
-                    raw::HANDLE_TO_FD_EXPORT_SYNC_FILE | raw::HANDLE_TO_FD_TIMELINE,
-                    1,
-                )
-                .err()
-                    == Some(rustix::io::Errno::NOENT)
+                && probe(ioctl_export_sync_file(self.as_fd(), 0, 1)) == Some(Errno::NOENT)
         })
     }
 
@@ -169,6 +163,11 @@ impl DrmDevice {
     pub fn same_file(&self, other: &DrmDevice) -> bool {
         Arc::ptr_eq(&self.inner, &other.inner)
     }
+}
+
+/// The errno of a capability probe (an ioctl made to fail), `None` if it succeeded.
+fn probe<T>(result: io::Result<T>) -> Option<Errno> {
+    result.err().and_then(|err| Errno::from_io_error(&err))
 }
 
 /// `get_driver` before the `DrmDevice` exists.

@@ -1,9 +1,10 @@
-//! Generic plumbing for the kernel backends: typed `ioctl`s on a pointer argument, a bounded
-//! `poll()` of one fd, and the fixed-size name fields of the UAPI structs.
+//! Generic plumbing for the kernel backends: typed `ioctl`s on a pointer argument (plain, or with
+//! libdrm's DRM restart rule), a bounded `poll()` of one fd, and the fixed-size name fields of
+//! the UAPI structs.
 //!
 //! Shared by every backend that talks to the kernel (sync_file, dma-buf, DRM syncobj, KMS). The
-//! only `unsafe` here is [`ioctl_ptr`]; each caller states, next to the struct it passes, why
-//! that struct matches the kernel's layout for that opcode.
+//! only `unsafe` here is [`ioctl_ptr`] and [`drm_ioctl_ptr`]; each caller states, next to the
+//! struct it passes, why that struct matches the kernel's layout for that opcode.
 
 use std::io;
 use std::os::fd::BorrowedFd;
@@ -24,6 +25,9 @@ pub(crate) const fn iow<T>(group: u8, nr: u8) -> Opcode {
     opcode::write::<T>(group, nr)
 }
 
+/// The DRM ioctl group (`DRM_IOCTL_BASE`, `'d'`): core DRM ioctls are `_IOWR('d', nr, T)`.
+pub(crate) const DRM_IOCTL_BASE: u8 = b'd';
+
 /// `ioctl(fd, OPCODE, arg)` for an ioctl whose argument is a pointer to one `T` that the kernel
 /// reads and/or writes back. Restarts on `EINTR` (the ioctls used here are restartable: they
 /// either complete or fail before changing anything). Returns the ioctl's errno as an
@@ -39,11 +43,40 @@ pub(crate) unsafe fn ioctl_ptr<const OPCODE: Opcode, T>(
     fd: BorrowedFd<'_>,
     arg: &mut T,
 ) -> io::Result<()> {
+    // SAFETY: forwarded to the caller.
+    unsafe { ioctl_retrying::<OPCODE, T>(fd, arg, &[Errno::INTR]) }
+}
+
+/// [`ioctl_ptr`] with libdrm's `drmIoctl()` restart rule for DRM ioctls: restarts on `EINTR`
+/// **and** `EAGAIN` (a DRM ioctl returns `EAGAIN` only when it was interrupted before doing
+/// anything, e.g. an atomic commit racing a signal, and libdrm retries it the same way).
+///
+/// # Safety
+///
+/// As for [`ioctl_ptr`].
+pub(crate) unsafe fn drm_ioctl_ptr<const OPCODE: Opcode, T>(
+    fd: BorrowedFd<'_>,
+    arg: &mut T,
+) -> io::Result<()> {
+    // SAFETY: forwarded to the caller.
+    unsafe { ioctl_retrying::<OPCODE, T>(fd, arg, &[Errno::INTR, Errno::AGAIN]) }
+}
+
+/// The loop of [`ioctl_ptr`] and [`drm_ioctl_ptr`]: restarts while the errno is in `restart`.
+///
+/// # Safety
+///
+/// As for [`ioctl_ptr`].
+unsafe fn ioctl_retrying<const OPCODE: Opcode, T>(
+    fd: BorrowedFd<'_>,
+    arg: &mut T,
+    restart: &[Errno],
+) -> io::Result<()> {
     loop {
         // SAFETY: forwarded to the caller: OPCODE takes a `*mut T` with T's layout.
         let result = unsafe { rustix::ioctl::ioctl(fd, Updater::<OPCODE, T>::new(arg)) };
         match result {
-            Err(Errno::INTR) => continue,
+            Err(errno) if restart.contains(&errno) => continue,
             other => return other.map_err(io::Error::from),
         }
     }

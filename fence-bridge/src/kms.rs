@@ -95,6 +95,7 @@ use drm::control::{
 use rustix::io::Errno;
 
 use crate::fence::Fence;
+use crate::ioctl::{drm_ioctl_ptr, iowr, Opcode, DRM_IOCTL_BASE};
 use crate::sync_file::SyncFile;
 use crate::time::Ktime;
 
@@ -379,9 +380,11 @@ struct DrmModeAtomic {
     user_data: u64,
 }
 
+// Naturally aligned, no implicit padding: the same layout on every Linux ABI.
+const _: () = assert!(std::mem::size_of::<DrmModeAtomic>() == 56);
+
 /// `DRM_IOCTL_MODE_ATOMIC`: `DRM_IOWR(0xBC, struct drm_mode_atomic)`.
-const DRM_IOCTL_MODE_ATOMIC: rustix::ioctl::Opcode =
-    rustix::ioctl::opcode::read_write::<DrmModeAtomic>(b'd', 0xBC);
+const DRM_IOCTL_MODE_ATOMIC: Opcode = iowr::<DrmModeAtomic>(DRM_IOCTL_BASE, 0xBC);
 
 /// An atomic request that carries explicit fences: in-fences on planes, out-fence slots on CRTCs,
 /// and the flip event's `user_data`.
@@ -526,22 +529,13 @@ impl<'a, D: ControlDevice> FencedCommit<'a, D> {
             reserved: 0,
             user_data,
         };
-        let result = loop {
-            // SAFETY: `arg` matches `struct drm_mode_atomic`; the arrays it points to live until
-            // the end of this function and are only read by the kernel; every OUT_FENCE_PTR value
-            // is the address of an `OutFence` slot borrowed by `self` (add_property refuses raw
-            // ones), so the kernel's writes land in live memory of the right type.
-            let r = unsafe {
-                rustix::ioctl::ioctl(
-                    self.dev.as_fd(),
-                    rustix::ioctl::Updater::<DRM_IOCTL_MODE_ATOMIC, DrmModeAtomic>::new(&mut arg),
-                )
-            };
-            match r {
-                Err(Errno::INTR) | Err(Errno::AGAIN) => continue,
-                r => break r,
-            }
-        };
+        // SAFETY: `arg` matches `struct drm_mode_atomic` (size asserted above); the arrays it
+        // points to live until the end of this function and are only read by the kernel; every
+        // OUT_FENCE_PTR value is the address of an `OutFence` slot borrowed by `self`
+        // (add_property refuses raw ones), so the kernel's writes land in live memory of the
+        // right type.
+        let result =
+            unsafe { drm_ioctl_ptr::<DRM_IOCTL_MODE_ATOMIC, _>(self.dev.as_fd(), &mut arg) };
         match result {
             Ok(()) => {
                 tracing::trace!(
@@ -560,7 +554,7 @@ impl<'a, D: ControlDevice> FencedCommit<'a, D> {
                 for (_, slot) in &self.out_fences {
                     slot.slot.set(-1);
                 }
-                Err(err.into())
+                Err(err)
             }
         }
     }

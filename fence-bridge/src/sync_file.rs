@@ -295,9 +295,26 @@ fn file_info_header(fd: BorrowedFd<'_>) -> io::Result<SyncFileInfoRaw> {
     Ok(raw)
 }
 
-/// `SYNC_IOC_FILE_INFO`, both calls; see [`SyncFile::info`].
+/// How many fences the first `SYNC_IOC_FILE_INFO` makes room for. Most sync_files hold one
+/// fence (a merge of a few at most), so one call usually returns the status, the count and
+/// every fence's timestamp.
+const INLINE_FENCES: u32 = 4;
+
+/// `SYNC_IOC_FILE_INFO`; see [`SyncFile::info`]. One call when the sync_file holds at most
+/// [`INLINE_FENCES`] fences; otherwise the kernel answers `EINVAL` (the array is too small)
+/// and a header call learns the count first.
 fn file_info(fd: BorrowedFd<'_>) -> io::Result<SyncFileInfo> {
-    let header = file_info_header(fd)?;
+    match file_info_sized(fd, INLINE_FENCES) {
+        Err(err) if err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            let header = file_info_header(fd)?;
+            file_info_sized(fd, header.num_fences)
+        }
+        other => other,
+    }
+}
+
+/// `SYNC_IOC_FILE_INFO` with room for `capacity` fences.
+fn file_info_sized(fd: BorrowedFd<'_>, capacity: u32) -> io::Result<SyncFileInfo> {
     let mut fences = vec![
         SyncFenceInfoRaw {
             obj_name: [0; 32],
@@ -306,24 +323,22 @@ fn file_info(fd: BorrowedFd<'_>) -> io::Result<SyncFileInfo> {
             flags: 0,
             timestamp_ns: 0,
         };
-        header.num_fences as usize
+        capacity as usize
     ];
     let mut raw = SyncFileInfoRaw {
         name: [0; 32],
         status: 0,
         flags: 0,
-        num_fences: header.num_fences,
+        num_fences: capacity,
         pad: 0,
-        sync_fence_info: fences.as_mut_ptr() as u64,
+        sync_fence_info: if capacity > 0 { fences.as_mut_ptr() as u64 } else { 0 },
     };
-    if header.num_fences > 0 {
-        // SAFETY: as in file_info_header; in addition `sync_fence_info` points to
-        // `num_fences` writable, #[repr(C)] `struct sync_fence_info` (size asserted above)
-        // that outlive the call; the kernel writes at most `num_fences` of them.
-        unsafe { ioctl_ptr::<SYNC_IOC_FILE_INFO, _>(fd, &mut raw)? };
-    } else {
-        raw = header;
-    }
+    // SAFETY: SYNC_IOC_FILE_INFO takes a `struct sync_file_info *`; SyncFileInfoRaw is its
+    // #[repr(C)] layout, and `sync_fence_info` points to `capacity` writable, #[repr(C)]
+    // `struct sync_fence_info` (size asserted above) that outlive the call. The kernel writes
+    // at most `capacity` of them (it fails with EINVAL rather than overrun), and with a
+    // capacity of 0 it writes only the header.
+    unsafe { ioctl_ptr::<SYNC_IOC_FILE_INFO, _>(fd, &mut raw)? };
     let written = (raw.num_fences as usize).min(fences.len());
     fences.truncate(written);
     Ok(SyncFileInfo {
@@ -444,10 +459,12 @@ pub struct SyncFenceInfo {
 /// * **Names** ([`Fence::driver_name`], [`Fence::timeline_name`]): computed on first use with
 ///   `SYNC_IOC_FILE_INFO` and cached: a single fence's driver and timeline; for several fences
 ///   their common driver (or `"sync_file"` when they differ) and the sync_file's name.
-/// * **Polling** ([`Fence::is_signaled`], [`Fence::status`], zero-timeout waits): one `poll()`
-///   while pending. On the transition — once — two `SYNC_IOC_FILE_INFO` calls record the
-///   kernel's own result: the fence signals with the kernel's timestamp (the latest of its
-///   fences, `CLOCK_MONOTONIC`, comparable with [`Ktime::now`]) and the kernel's error, if any.
+/// * **Polling** ([`Fence::is_signaled`], [`Fence::status`], zero-timeout waits): one
+///   `SYNC_IOC_FILE_INFO` (with room for a few fences, so one call for nearly every sync_file),
+///   which gives the status and, once signalled, the kernel's own result: the fence signals with
+///   the kernel's timestamp (the latest of its fences, `CLOCK_MONOTONIC`, comparable with
+///   [`Ktime::now`]) and the kernel's error, if any. An already-signalled sync_file costs that
+///   one ioctl.
 /// * **Poll fd** ([`Fence::poll_fd`]): a `dup` of the sync_file fd — it is itself pollable, so
 ///   no eventfd and no callback exist. A poll loop registers it and calls
 ///   [`Fence::is_signaled`] when it is readable.
@@ -481,15 +498,19 @@ impl SyncFileFence {
         file_info(self.sync_file())
     }
 
-    /// One `poll()`; on the transition, signal with the kernel's timestamp and error.
+    /// One `SYNC_IOC_FILE_INFO`: the status and, once signalled, the kernel's timestamp and
+    /// error, which this signals the fence with (an already-signalled sync_file costs that one
+    /// ioctl, no poll).
     fn check(&self) -> bool {
-        match ioctl::poll_one(self.sync_file(), PollFlags::IN, Some(Duration::ZERO)) {
-            Ok(true) => {}
-            Ok(false) => return false,
+        let info = match self.info() {
+            Ok(info) => info,
             Err(err) => {
-                tracing::warn!(target: TARGET, "sync_file fence: poll failed: {err}");
+                tracing::warn!(target: TARGET, "sync_file fence: SYNC_IOC_FILE_INFO failed: {err}");
                 return false;
             }
+        };
+        if !info.status.is_signaled() {
+            return false;
         }
         let Some(fence) = self.signaler.get().and_then(FenceSignaler::upgrade) else {
             return true;
@@ -498,13 +519,7 @@ impl SyncFileFence {
         if fence.timestamp().is_some() {
             return true;
         }
-        let (timestamp, error) = match self.info() {
-            Ok(info) => (
-                info.timestamp().unwrap_or_else(Ktime::now),
-                info.status.error(),
-            ),
-            Err(_) => (Ktime::now(), None),
-        };
+        let (timestamp, error) = (info.timestamp().unwrap_or_else(Ktime::now), info.status.error());
         if let Some(error) = error {
             let _ = fence.set_error(error);
         }

@@ -1,5 +1,5 @@
 //! DRM sync objects (`drivers/gpu/drm/drm_syncobj.c`): [`Syncobj`], an owned handle, binary or
-//! timeline; [`SyncobjPoint`], one point on it, which becomes a [`Fence`].
+//! timeline; [`SyncobjPoint`], one point on it, which becomes a [`Fence`](crate::Fence).
 //!
 //! # What a syncobj is
 //!
@@ -10,7 +10,7 @@
 //! signalled when its node and every earlier node are. A timeline syncobj therefore *is* a
 //! dma-fence timeline: its points order like the seqnos of one fence context, and that is how they
 //! are mapped here — one fence-bridge [`ContextId`] per `Syncobj`, seqno = point
-//! ([`SyncobjPoint::fence`]), so [`Fence::is_later`] and [`crate::latest_per_context`] work on
+//! ([`SyncobjPoint::fence`]), so [`Fence::is_later`](crate::Fence::is_later) and [`crate::latest_per_context`] work on
 //! points. (Two imports of the same kernel syncobj are two handles and two contexts.)
 //!
 //! A point is *submitted* (or *available*) once a fence for it exists — some producer attached
@@ -23,7 +23,7 @@
 //! 1. **created** — [`Syncobj::create`] / [`Syncobj::create_signaled`] (`DRM_IOCTL_SYNCOBJ_CREATE`)
 //!    or **imported** from a syncobj fd ([`Syncobj::import`], `DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE`,
 //!    what a compositor does with a client's `wp_linux_drm_syncobj_timeline_v1` fd).
-//! 2. **used** — clones share the handle; every [`Fence`] made from a point holds a clone too.
+//! 2. **used** — clones share the handle; every [`Fence`](crate::Fence) made from a point holds a clone too.
 //! 3. **destroyed** — `DRM_IOCTL_SYNCOBJ_DESTROY`, exactly once, when the last clone and the last
 //!    fence drop. The kernel object lives on while other files or fds hold it.
 //!
@@ -62,20 +62,19 @@
 use std::fmt;
 use std::io;
 use std::ops::{BitOr, BitOrAssign};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use drm::control::{syncobj, Device as _};
-use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags};
+use rustix::event::{eventfd, EventfdFlags};
 
 use crate::context::{context_alloc, ContextId};
 use crate::drm_device::DrmDevice;
-use crate::error::FenceError;
-use crate::fence::{Fence, FenceSignaler, TARGET};
-use crate::ops::FenceOps;
+use crate::fence::TARGET;
+use crate::ioctl::{drm_ioctl_ptr, iowr, Opcode, DRM_IOCTL_BASE};
 use crate::sync_file::SyncFile;
-use crate::time::Ktime;
+use crate::syncobj_point::{wait_points, SyncobjPoint};
 
 /// Flags of [`Syncobj::wait`], [`wait_points`] and [`Syncobj::eventfd`]
 /// (`DRM_SYNCOBJ_WAIT_FLAGS_*`).
@@ -143,7 +142,7 @@ impl fmt::Debug for SyncobjWaitFlags {
 /// An owned DRM syncobj handle, binary or timeline (see the [module docs](self)).
 ///
 /// Cheap to clone: clones share the handle, which is destroyed
-/// (`DRM_IOCTL_SYNCOBJ_DESTROY`) exactly once, when the last clone and the last [`Fence`] made
+/// (`DRM_IOCTL_SYNCOBJ_DESTROY`) exactly once, when the last clone and the last [`Fence`](crate::Fence) made
 /// from one of its points are dropped. Holds its [`DrmDevice`], so the DRM file outlives it.
 ///
 /// Errors are the kernel's errnos as [`io::Error`]s (`raw_os_error()`): `ETIME` for a wait that
@@ -235,10 +234,12 @@ impl Syncobj {
 
     /// One point of the timeline (0: the binary syncobj's current fence).
     pub fn point(&self, point: u64) -> SyncobjPoint {
-        SyncobjPoint {
-            syncobj: self.clone(),
-            point,
-        }
+        SyncobjPoint::new(self.clone(), point)
+    }
+
+    /// The timeline name of its points' fences: `"<driver>:syncobj<handle>"`.
+    pub(crate) fn name(&self) -> &str {
+        &self.inner.name
     }
 
     // --- timeline -------------------------------------------------------------------------
@@ -343,14 +344,13 @@ impl Syncobj {
         eventfd: BorrowedFd<'_>,
         flags: SyncobjWaitFlags,
     ) -> io::Result<()> {
-        raw::eventfd(
+        ioctl_eventfd(
             self.device().as_fd(),
             self.handle().into(),
             flags.bits(),
             eventfd.as_raw_fd(),
             point,
         )
-        .map_err(io::Error::from)
     }
 
     // --- sync_file ------------------------------------------------------------------------
@@ -369,31 +369,12 @@ impl Syncobj {
     /// `EINVAL` if `sync_file` is not a sync_file (the kernel's `sync_file_get_fence` fails);
     /// `ENOENT` if the handle is unknown.
     pub fn import_sync_file(&self, point: u64, sync_file: &SyncFile) -> io::Result<()> {
-        let dev = self.device().as_fd();
-        let fd = sync_file.as_fd().as_raw_fd();
-        if point == 0 {
-            raw::fd_to_handle(
-                dev,
-                self.handle().into(),
-                raw::FD_TO_HANDLE_IMPORT_SYNC_FILE,
-                fd,
-                0,
-            )?;
-            return Ok(());
-        }
-        if self.device().supports_syncobj_point_sync_file() {
-            let flags = raw::FD_TO_HANDLE_IMPORT_SYNC_FILE | raw::FD_TO_HANDLE_TIMELINE;
-            raw::fd_to_handle(dev, self.handle().into(), flags, fd, point)?;
-            return Ok(());
+        let (dev, fd) = (self.device().as_fd(), sync_file.as_fd());
+        if point == 0 || self.device().supports_syncobj_point_sync_file() {
+            return ioctl_import_sync_file(dev, self.handle(), fd, point);
         }
         let temp = Temporary::create(self.device())?;
-        raw::fd_to_handle(
-            dev,
-            temp.handle.into(),
-            raw::FD_TO_HANDLE_IMPORT_SYNC_FILE,
-            fd,
-            0,
-        )?;
+        ioctl_import_sync_file(dev, temp.handle, fd, 0)?;
         self.device()
             .syncobj_timeline_transfer(temp.handle, self.handle(), 0, point)
         // `temp` destroyed here, whatever happened.
@@ -413,33 +394,13 @@ impl Syncobj {
     /// submission).
     pub fn export_sync_file(&self, point: u64) -> io::Result<SyncFile> {
         let dev = self.device().as_fd();
-        let export = raw::HANDLE_TO_FD_EXPORT_SYNC_FILE;
-        if point == 0 {
-            return Ok(SyncFile::from_fd(raw::handle_to_fd(
-                dev,
-                self.handle().into(),
-                export,
-                0,
-            )?));
-        }
-        if self.device().supports_syncobj_point_sync_file() {
-            let flags = export | raw::HANDLE_TO_FD_TIMELINE;
-            return Ok(SyncFile::from_fd(raw::handle_to_fd(
-                dev,
-                self.handle().into(),
-                flags,
-                point,
-            )?));
+        if point == 0 || self.device().supports_syncobj_point_sync_file() {
+            return ioctl_export_sync_file(dev, self.handle().into(), point).map(SyncFile::from_fd);
         }
         let temp = Temporary::create(self.device())?;
         self.device()
             .syncobj_timeline_transfer(self.handle(), temp.handle, point, 0)?;
-        Ok(SyncFile::from_fd(raw::handle_to_fd(
-            dev,
-            temp.handle.into(),
-            export,
-            0,
-        )?))
+        ioctl_export_sync_file(dev, temp.handle.into(), 0).map(SyncFile::from_fd)
         // `temp` destroyed here, whatever happened.
     }
 }
@@ -477,371 +438,113 @@ impl Drop for Temporary<'_> {
     }
 }
 
-/// Blocks until any (or with [`SyncobjWaitFlags::WAIT_ALL`] every) point of `points` signals,
-/// or `timeout` elapses; returns the index of the first signalled point (meaningful without
-/// `WAIT_ALL`). `None` waits forever, `Some(Duration::ZERO)` only checks.
-///
-/// Uses `DRM_IOCTL_SYNCOBJ_TIMELINE_WAIT`, or `DRM_IOCTL_SYNCOBJ_WAIT` when every point is 0 and
-/// `WAIT_AVAILABLE` is not asked for (so binary syncobjs work on drivers without timelines).
-/// The kernel's timeout is absolute on `CLOCK_MONOTONIC`; it is computed here from `timeout`, so
-/// a wait restarted after a signal does not start over.
-///
-/// # Errors
-///
-/// `ETIME` when the timeout elapsed; `EINVAL` for an unsubmitted point without
-/// `WAIT_FOR_SUBMIT`, for an empty list, or points on different DRM files; `ENOENT` for an unknown
-/// handle.
-pub fn wait_points(
-    points: &[SyncobjPoint],
-    timeout: Option<Duration>,
-    flags: SyncobjWaitFlags,
-) -> io::Result<usize> {
-    let einval = || io::Error::from_raw_os_error(rustix::io::Errno::INVAL.raw_os_error());
-    let Some(first) = points.first() else {
-        return Err(einval());
-    };
-    let device = first.syncobj.device();
-    if points.iter().any(|p| !p.syncobj.device().same_file(device)) {
-        return Err(einval());
-    }
-    let abs_timeout = match timeout {
-        Some(Duration::ZERO) => 0,
-        Some(t) => Ktime::now()
-            .checked_add(t)
-            .map_or(i64::MAX, Ktime::as_nanos),
-        None => i64::MAX,
-    };
-    let handles: Vec<syncobj::Handle> = points.iter().map(|p| p.syncobj.handle()).collect();
-    let values: Vec<u64> = points.iter().map(|p| p.point).collect();
-    let wait_all = flags.contains(SyncobjWaitFlags::WAIT_ALL);
-    let for_submit = flags.contains(SyncobjWaitFlags::WAIT_FOR_SUBMIT);
-    let available = flags.contains(SyncobjWaitFlags::WAIT_AVAILABLE);
-    let first_signaled = if values.iter().all(|&v| v == 0) && !available {
-        device.syncobj_wait(&handles, abs_timeout, wait_all, for_submit)?
-    } else {
-        device.syncobj_timeline_wait(
-            &handles,
-            &values,
-            abs_timeout,
-            wait_all,
-            for_submit,
-            available,
-        )?
-    };
-    Ok(first_signaled as usize)
-}
+// ---- the syncobj UAPI the `drm` crate 0.14 lacks (include/uapi/drm/drm.h) ----------------------
+//
+// Import of a sync_file into an *existing* handle (drm-ffi always passes handle 0, which the
+// kernel rejects with `ENOENT`), the `point` of `struct drm_syncobj_handle`, and the eventfd ioctl
+// with a raw handle and fd (the capability probes of `DrmDevice` pass handle 0 and fd -1).
 
-/// One point of a [`Syncobj`]: `(syncobj, point)`, what `wp_linux_drm_syncobj_surface_v1`'s
-/// acquire and release points are. Point 0 means the binary syncobj's current fence.
-#[derive(Clone, Debug)]
-pub struct SyncobjPoint {
-    syncobj: Syncobj,
+/// `DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_IMPORT_SYNC_FILE`.
+const IMPORT_SYNC_FILE: u32 = 1 << 0;
+/// `DRM_SYNCOBJ_FD_TO_HANDLE_FLAGS_TIMELINE` (Linux 6.15+).
+const FD_TO_HANDLE_TIMELINE: u32 = 1 << 1;
+/// `DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_EXPORT_SYNC_FILE`.
+const EXPORT_SYNC_FILE: u32 = 1 << 0;
+/// `DRM_SYNCOBJ_HANDLE_TO_FD_FLAGS_TIMELINE` (Linux 6.15+).
+const HANDLE_TO_FD_TIMELINE: u32 = 1 << 1;
+
+/// `struct drm_syncobj_handle` (Linux 6.15 layout; older kernels read the first 16 bytes and
+/// reject the TIMELINE flags).
+#[repr(C)]
+struct DrmSyncobjHandle {
+    handle: u32,
+    flags: u32,
+    fd: i32,
+    pad: u32,
     point: u64,
 }
 
-impl SyncobjPoint {
-    /// `syncobj`'s point `point` (same as [`Syncobj::point`]).
-    pub fn new(syncobj: Syncobj, point: u64) -> SyncobjPoint {
-        SyncobjPoint { syncobj, point }
-    }
-
-    /// The syncobj.
-    pub fn syncobj(&self) -> &Syncobj {
-        &self.syncobj
-    }
-
-    /// The point.
-    pub fn point(&self) -> u64 {
-        self.point
-    }
-
-    /// Whether the point has signalled, in one ioctl: a timeline point by
-    /// `DRM_IOCTL_SYNCOBJ_QUERY` (`query() >= point`), point 0 by a zero-timeout wait (an
-    /// unsubmitted binary syncobj reads as not signalled).
-    pub fn is_signaled(&self) -> io::Result<bool> {
-        if self.point > 0 {
-            return Ok(self.syncobj.query()? >= self.point);
-        }
-        match self
-            .syncobj
-            .wait(0, Some(Duration::ZERO), SyncobjWaitFlags::empty())
-        {
-            Ok(()) => Ok(true),
-            Err(e)
-                if e.raw_os_error() == Some(rustix::io::Errno::TIME.raw_os_error())
-                    || e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Signals the point from the CPU ([`Syncobj::signal_point`]; point 0: [`Syncobj::signal`]).
-    pub fn signal(&self) -> io::Result<()> {
-        match self.point {
-            0 => self.syncobj.signal(),
-            p => self.syncobj.signal_point(p),
-        }
-    }
-
-    /// [`Syncobj::wait`] on this point.
-    pub fn wait(&self, timeout: Option<Duration>, flags: SyncobjWaitFlags) -> io::Result<()> {
-        self.syncobj.wait(self.point, timeout, flags)
-    }
-
-    /// A [`Fence`] that signals when this point does: context = the syncobj's
-    /// [`Syncobj::context`], seqno = the point, driver name `"drm_syncobj"`.
-    ///
-    /// Costs nothing until someone waits:
-    /// * [`Fence::is_signaled`] / zero-timeout waits: one `DRM_IOCTL_SYNCOBJ_QUERY`;
-    /// * [`Fence::poll_fd`] (poll loops, the calloop source, blocking
-    ///   [`Fence::wait_timeout`]): the native fd — a fresh eventfd registered with
-    ///   `DRM_IOCTL_SYNCOBJ_EVENTFD` for this point. No thread, no core eventfd. Unsubmitted
-    ///   points are fine: the kernel waits for submission;
-    /// * callbacks ([`Fence::add_callback`], [`crate::wait_any_timeout`]): one watcher thread
-    ///   per armed fence, blocked in `poll()` on such an eventfd until the point signals or the
-    ///   fence is released. Prefer `poll_fd` in event loops.
-    ///
-    /// The fence keeps the syncobj (and so the handle) alive. A point-0 fence follows the binary
-    /// syncobj's *current* fence, as kernel waits on point 0 do.
-    pub fn fence(&self) -> Fence {
-        Fence::new(
-            self.syncobj.context(),
-            self.point,
-            SyncobjFenceOps {
-                point: self.clone(),
-                watcher: Mutex::new(None),
-            },
-        )
-    }
+/// `struct drm_syncobj_eventfd` (Linux 6.6+).
+#[repr(C)]
+struct DrmSyncobjEventfd {
+    handle: u32,
+    flags: u32,
+    point: u64,
+    fd: i32,
+    pad: u32,
 }
 
-/// The [`FenceOps`] of [`SyncobjPoint::fence`].
-struct SyncobjFenceOps {
-    point: SyncobjPoint,
-    /// Cancels the watcher thread of `enable_signaling`, if one runs.
-    watcher: Mutex<Option<OwnedFd>>,
+// Naturally aligned, no implicit padding: the same layout on every Linux ABI.
+const _: () = assert!(std::mem::size_of::<DrmSyncobjHandle>() == 24);
+const _: () = assert!(std::mem::size_of::<DrmSyncobjEventfd>() == 24);
+
+/// `DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD`: `DRM_IOWR(0xC1, struct drm_syncobj_handle)`.
+const SYNCOBJ_HANDLE_TO_FD: Opcode = iowr::<DrmSyncobjHandle>(DRM_IOCTL_BASE, 0xC1);
+/// `DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE`: `DRM_IOWR(0xC2, struct drm_syncobj_handle)`.
+const SYNCOBJ_FD_TO_HANDLE: Opcode = iowr::<DrmSyncobjHandle>(DRM_IOCTL_BASE, 0xC2);
+/// `DRM_IOCTL_SYNCOBJ_EVENTFD`: `DRM_IOWR(0xCF, struct drm_syncobj_eventfd)`.
+const SYNCOBJ_EVENTFD: Opcode = iowr::<DrmSyncobjEventfd>(DRM_IOCTL_BASE, 0xCF);
+
+/// `DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD` with `EXPORT_SYNC_FILE`: the fence at `point` of `handle`
+/// as a new sync_file (point 0: the binary fence; `point > 0` needs the `TIMELINE` flag, Linux
+/// 6.15+, see [`DrmDevice::supports_syncobj_point_sync_file`]).
+pub(crate) fn ioctl_export_sync_file(
+    dev: BorrowedFd<'_>,
+    handle: u32,
+    point: u64,
+) -> io::Result<OwnedFd> {
+    let timeline = if point > 0 { HANDLE_TO_FD_TIMELINE } else { 0 };
+    let mut args = DrmSyncobjHandle {
+        handle,
+        flags: EXPORT_SYNC_FILE | timeline,
+        fd: -1,
+        pad: 0,
+        point,
+    };
+    // SAFETY: the opcode takes a `struct drm_syncobj_handle *`; DrmSyncobjHandle is its
+    // #[repr(C)] layout (size asserted above).
+    unsafe { drm_ioctl_ptr::<SYNCOBJ_HANDLE_TO_FD, _>(dev, &mut args)? };
+    // SAFETY: on success the kernel installed a new fd for us in `args.fd`; we are its only owner.
+    Ok(unsafe { OwnedFd::from_raw_fd(args.fd) })
 }
 
-impl FenceOps for SyncobjFenceOps {
-    fn driver_name(&self) -> &str {
-        "drm_syncobj"
-    }
-
-    fn timeline_name(&self) -> &str {
-        &self.point.syncobj.inner.name
-    }
-
-    fn signaled(&self) -> bool {
-        match self.point.is_signaled() {
-            Ok(signaled) => signaled,
-            Err(err) => {
-                tracing::warn!(target: TARGET, %err, point = self.point.point,
-                    "syncobj point query failed");
-                false
-            }
-        }
-    }
-
-    fn native_poll_fd(&self) -> Option<io::Result<OwnedFd>> {
-        Some(
-            self.point
-                .syncobj
-                .eventfd(self.point.point, SyncobjWaitFlags::empty()),
-        )
-    }
-
-    fn enable_signaling(&self, signaler: FenceSignaler) -> bool {
-        if self.signaled() {
-            return false;
-        }
-        let armed = (|| -> io::Result<(OwnedFd, OwnedFd)> {
-            let event = self
-                .point
-                .syncobj
-                .eventfd(self.point.point, SyncobjWaitFlags::empty())?;
-            let cancel = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-            Ok((event, cancel))
-        })();
-        let (event, cancel) = match armed {
-            Ok(fds) => fds,
-            Err(err) => {
-                // The contract: signal with an error rather than never.
-                tracing::warn!(target: TARGET, %err, "cannot arm a syncobj fence");
-                let error = err
-                    .raw_os_error()
-                    .and_then(FenceError::from_errno)
-                    .unwrap_or(FenceError::EIO);
-                signaler.signal_with_error(error);
-                return true;
-            }
-        };
-        let cancel_for_thread = match cancel.try_clone() {
-            Ok(fd) => fd,
-            Err(_) => {
-                signaler.signal_with_error(FenceError::EIO);
-                return true;
-            }
-        };
-        *self.watcher.lock().unwrap_or_else(PoisonError::into_inner) = Some(cancel);
-        let for_thread = signaler.clone();
-        let spawned = std::thread::Builder::new()
-            .name("fence-syncobj".into())
-            .spawn(move || watch(event, cancel_for_thread, for_thread));
-        if let Err(err) = spawned {
-            tracing::warn!(target: TARGET, %err, "cannot start a syncobj watcher thread");
-            let error = err.raw_os_error().and_then(FenceError::from_errno);
-            signaler.signal_with_error(error.unwrap_or(FenceError::EIO));
-        }
-        true
-    }
-
-    fn release(&self) {
-        if let Some(cancel) = self
-            .watcher
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            let _ = rustix::io::write(&cancel, &1u64.to_ne_bytes());
-        }
-    }
+/// `DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE` with `IMPORT_SYNC_FILE`: the fence of `sync_file` into the
+/// existing `handle` at `point` (as for [`ioctl_export_sync_file`]). The fd stays the caller's.
+fn ioctl_import_sync_file(
+    dev: BorrowedFd<'_>,
+    handle: syncobj::Handle,
+    sync_file: BorrowedFd<'_>,
+    point: u64,
+) -> io::Result<()> {
+    let timeline = if point > 0 { FD_TO_HANDLE_TIMELINE } else { 0 };
+    let mut args = DrmSyncobjHandle {
+        handle: handle.into(),
+        flags: IMPORT_SYNC_FILE | timeline,
+        fd: sync_file.as_raw_fd(),
+        pad: 0,
+        point,
+    };
+    // SAFETY: as in ioctl_export_sync_file; the kernel only looks the fd up.
+    unsafe { drm_ioctl_ptr::<SYNCOBJ_FD_TO_HANDLE, _>(dev, &mut args) }
 }
 
-/// The watcher thread: waits for the kernel's eventfd or the cancel eventfd.
-fn watch(event: OwnedFd, cancel: OwnedFd, signaler: FenceSignaler) {
-    loop {
-        let mut fds = [
-            PollFd::new(&event, PollFlags::IN),
-            PollFd::new(&cancel, PollFlags::IN),
-        ];
-        match poll(&mut fds, None) {
-            Ok(_) => {
-                if fds[0].revents().contains(PollFlags::IN) {
-                    signaler.signal();
-                    return;
-                }
-                if !fds[1].revents().is_empty() || signaler.is_released() {
-                    return;
-                }
-            }
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(err) => {
-                signaler.signal_with_error(
-                    FenceError::from_errno(err.raw_os_error()).unwrap_or(FenceError::EIO),
-                );
-                return;
-            }
-        }
-    }
-}
-
-/// The syncobj ioctls the `drm` crate 0.14 does not offer as needed: import of a sync_file into
-/// an *existing* handle (drm-ffi always passes handle 0, which the kernel rejects with `ENOENT`),
-/// the `point` of `struct drm_syncobj_handle`, and the eventfd ioctl with a raw handle and fd
-/// (for the capability probe).
-pub(crate) mod raw {
-    use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-
-    use rustix::io::Errno;
-    use rustix::ioctl::{ioctl, opcode, Updater};
-
-    pub(crate) const FD_TO_HANDLE_IMPORT_SYNC_FILE: u32 = 1 << 0;
-    pub(crate) const FD_TO_HANDLE_TIMELINE: u32 = 1 << 1;
-    pub(crate) const HANDLE_TO_FD_EXPORT_SYNC_FILE: u32 = 1 << 0;
-    pub(crate) const HANDLE_TO_FD_TIMELINE: u32 = 1 << 1;
-
-    /// `struct drm_syncobj_handle` (Linux 6.15 layout; older kernels read the first 16 bytes
-    /// and reject the TIMELINE flags).
-    #[repr(C)]
-    struct DrmSyncobjHandle {
-        handle: u32,
-        flags: u32,
-        fd: i32,
-        pad: u32,
-        point: u64,
-    }
-
-    /// `struct drm_syncobj_eventfd`.
-    #[repr(C)]
-    struct DrmSyncobjEventfd {
-        handle: u32,
-        flags: u32,
-        point: u64,
-        fd: i32,
-        pad: u32,
-    }
-
-    const HANDLE_TO_FD: u32 = opcode::read_write::<DrmSyncobjHandle>(b'd', 0xC1);
-    const FD_TO_HANDLE: u32 = opcode::read_write::<DrmSyncobjHandle>(b'd', 0xC2);
-    const EVENTFD: u32 = opcode::read_write::<DrmSyncobjEventfd>(b'd', 0xCF);
-
-    /// `drmIoctl`: restarts on `EINTR` and `EAGAIN`.
-    fn drm_ioctl<const OP: u32, T>(fd: BorrowedFd<'_>, arg: &mut T) -> Result<(), Errno> {
-        loop {
-            // SAFETY: `OP` encodes `T`'s size and direction (read-write), and `T` is the
-            // `#[repr(C)]` struct the kernel expects for this ioctl number.
-            let ret = unsafe { ioctl(fd.as_fd(), Updater::<OP, T>::new(arg)) };
-            match ret {
-                Err(Errno::INTR) | Err(Errno::AGAIN) => continue,
-                other => return other,
-            }
-        }
-    }
-
-    /// `DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD`.
-    pub(crate) fn handle_to_fd(
-        dev: BorrowedFd<'_>,
-        handle: u32,
-        flags: u32,
-        point: u64,
-    ) -> Result<OwnedFd, Errno> {
-        let mut args = DrmSyncobjHandle {
-            handle,
-            flags,
-            fd: -1,
-            pad: 0,
-            point,
-        };
-        drm_ioctl::<HANDLE_TO_FD, _>(dev, &mut args)?;
-        // SAFETY: on success the kernel installed a new fd for us in `args.fd`.
-        Ok(unsafe { OwnedFd::from_raw_fd(args.fd) })
-    }
-
-    /// `DRM_IOCTL_SYNCOBJ_FD_TO_HANDLE` with `IMPORT_SYNC_FILE`: into the existing `handle`.
-    pub(crate) fn fd_to_handle(
-        dev: BorrowedFd<'_>,
-        handle: u32,
-        flags: u32,
-        fd: RawFd,
-        point: u64,
-    ) -> Result<(), Errno> {
-        let mut args = DrmSyncobjHandle {
-            handle,
-            flags,
-            fd,
-            pad: 0,
-            point,
-        };
-        drm_ioctl::<FD_TO_HANDLE, _>(dev, &mut args)
-    }
-
-    /// `DRM_IOCTL_SYNCOBJ_EVENTFD`.
-    pub(crate) fn eventfd(
-        dev: BorrowedFd<'_>,
-        handle: u32,
-        flags: u32,
-        fd: RawFd,
-        point: u64,
-    ) -> Result<(), Errno> {
-        let mut args = DrmSyncobjEventfd {
-            handle,
-            flags,
-            point,
-            fd,
-            pad: 0,
-        };
-        drm_ioctl::<EVENTFD, _>(dev, &mut args)
-    }
+/// `DRM_IOCTL_SYNCOBJ_EVENTFD`: the kernel writes `fd` (an eventfd) when `point` of `handle`
+/// signals (or is submitted, with `WAIT_AVAILABLE`).
+pub(crate) fn ioctl_eventfd(
+    dev: BorrowedFd<'_>,
+    handle: u32,
+    flags: u32,
+    fd: RawFd,
+    point: u64,
+) -> io::Result<()> {
+    let mut args = DrmSyncobjEventfd {
+        handle,
+        flags,
+        point,
+        fd,
+        pad: 0,
+    };
+    // SAFETY: the opcode takes a `struct drm_syncobj_eventfd *`; DrmSyncobjEventfd is its
+    // #[repr(C)] layout (size asserted above). The kernel takes its own eventfd reference.
+    unsafe { drm_ioctl_ptr::<SYNCOBJ_EVENTFD, _>(dev, &mut args) }
 }

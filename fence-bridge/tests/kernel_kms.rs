@@ -1,33 +1,27 @@
 //! Kernel tests: KMS explicit fencing (`IN_FENCE_FD`, `OUT_FENCE_PTR`) on virtio-gpu's card node,
 //! with vgem fences as controllable in-fences. Run in the guest by `cargo xtask vm-test`.
 //!
-//! The tests share one display, so they run one at a time (`KMS_LOCK`); each opens the card node
-//! (becoming DRM master: root, only client), does its own modeset with two dumb-buffer
-//! framebuffers and closes it again. Under TCG everything is slow: few flips, generous timeouts.
+//! The tests share one display, so they run one at a time (`support::kms::Kms::setup` holds the
+//! lock); each opens the card node (becoming DRM master: root, only client), does its own modeset
+//! with two dumb-buffer framebuffers and closes it again. Under TCG everything is slow: few
+//! flips, generous timeouts.
 //!
-//! In-fences that stay pending until the test says so are vgem write fences (support::vgem),
-//! exported from the vgem BO's dma-buf as sync_files (`DmaBuf::export_sync_file`).
+//! In-fences that stay pending until the test says so are vgem write fences
+//! (`support::vgem::PendingFence`), exported from the vgem BO's dma-buf as sync_files
+//! (`DmaBuf::export_sync_file`).
 
 mod support;
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::MutexGuard;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use drm::buffer::DrmFourcc;
 use drm::control::atomic::AtomicModeReq;
-use drm::control::{
-    connector, crtc, framebuffer, plane, property, AtomicCommitFlags, Device as _, Mode,
-};
-use drm::{ClientCapability, Device as _};
-use fence_bridge::{
-    find_property, read_flip_events, Access, DmaBuf, FenceProps, FenceStatus, FencedCommit,
-    FlipEvent, Ktime, OutFence, SyncFile,
-};
-use rustix::event::{poll, PollFd, PollFlags};
-use support::vgem::{open_fd_count, Bo, Vgem, VgemFence};
-use support::{find_node, require_device, Node};
+use drm::control::{property, AtomicCommitFlags, Device as _};
+use fence_bridge::{Access, DmaBuf, FenceStatus, FencedCommit, Ktime, OutFence};
+use support::kms::{Kms, FLIP};
+use support::readable;
+use support::vgem::{open_fd_count, PendingFence, Vgem};
 
 /// TCG is slow: how long anything that should happen "now" may take.
 const GENEROUS: Duration = Duration::from_secs(5);
@@ -39,226 +33,6 @@ fn errno(err: &io::Error) -> Option<i32> {
 }
 const EINVAL: i32 = 22;
 const EFAULT: i32 = 14;
-
-/// Whether `fd` is readable within `timeout`.
-fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ts = rustix::time::Timespec {
-            tv_sec: left.as_secs() as i64,
-            tv_nsec: left.subsec_nanos() as _,
-        };
-        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
-        match poll(&mut fds, Some(&ts)) {
-            Ok(n) => return n > 0 && fds[0].revents().contains(PollFlags::IN),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => panic!("poll: {e}"),
-        }
-    }
-}
-
-/// A pending vgem write fence on a fresh vgem BO, and a sync_file for it (the BO's dma-buf
-/// implicit fences, `DMA_BUF_IOCTL_EXPORT_SYNC_FILE`). Signalled on drop if still pending, so no
-/// test leaves a fence to vgem's 10 s timeout.
-struct PendingFence<'v> {
-    vgem: &'v Vgem,
-    bo: Option<Bo>,
-    fence: Option<VgemFence>,
-    sync_file: SyncFile,
-}
-
-impl<'v> PendingFence<'v> {
-    fn new(vgem: &'v Vgem) -> Self {
-        let bo = vgem.create_bo();
-        let fence = vgem.attach(&bo, true);
-        let sync_file = DmaBuf::new(bo.dmabuf.as_fd())
-            .export_sync_file(Access::Write)
-            .expect("DMA_BUF_IOCTL_EXPORT_SYNC_FILE");
-        PendingFence {
-            vgem,
-            bo: Some(bo),
-            fence: Some(fence),
-            sync_file,
-        }
-    }
-
-    fn signal(&mut self) {
-        let fence = self.fence.take().expect("signalled once");
-        self.vgem.signal(fence);
-    }
-}
-
-impl Drop for PendingFence<'_> {
-    fn drop(&mut self) {
-        if let Some(fence) = self.fence.take() {
-            let _ = self.vgem.try_signal(fence);
-        }
-        if let Some(bo) = self.bo.take() {
-            self.vgem.destroy_bo(bo);
-        }
-    }
-}
-
-/// The display under test: virtio-gpu's connected connector, its CRTC and primary plane, two
-/// framebuffers, modeset done.
-struct Kms {
-    card: Node,
-    props: FenceProps,
-    crtc: crtc::Handle,
-    plane: plane::Handle,
-    fb_id: property::Handle,
-    fbs: [framebuffer::Handle; 2],
-    /// The framebuffers' GEM handles, for PRIME export.
-    bos: [drm::buffer::Handle; 2],
-    mode: Mode,
-    _guard: MutexGuard<'static, ()>,
-}
-
-fn prop<H: drm::control::ResourceHandle + std::fmt::Debug>(
-    card: &Node,
-    obj: H,
-    name: &std::ffi::CStr,
-) -> property::Handle {
-    find_property(card, obj, name)
-        .unwrap_or_else(|e| panic!("properties of {obj:?}: {e}"))
-        .unwrap_or_else(|| panic!("{obj:?} has no {name:?}"))
-        .handle()
-}
-
-impl Kms {
-    fn setup() -> Option<Kms> {
-        // One display: the tests take turns (and keep fd counts their own).
-        let guard = support::vgem::serial();
-        let card = require_device("virtio_gpu card node under /dev/dri", || {
-            find_node("card", "virtio_gpu")
-        })?;
-        card.acquire_master_lock()
-            .expect("DRM_IOCTL_SET_MASTER (root, only client)");
-        card.set_client_capability(ClientCapability::UniversalPlanes, true)
-            .expect("DRM_CLIENT_CAP_UNIVERSAL_PLANES");
-        card.set_client_capability(ClientCapability::Atomic, true)
-            .expect("DRM_CLIENT_CAP_ATOMIC");
-
-        let res = card
-            .resource_handles()
-            .expect("DRM_IOCTL_MODE_GETRESOURCES");
-        let (conn, info) = res
-            .connectors()
-            .iter()
-            .map(|&c| (c, card.get_connector(c, true).expect("GETCONNECTOR")))
-            .find(|(_, i)| i.state() == connector::State::Connected)
-            .expect("a connected virtio-gpu connector");
-        let mode = info.modes()[0];
-        let crtc = info
-            .encoders()
-            .iter()
-            .flat_map(|&e| {
-                res.filter_crtcs(card.get_encoder(e).expect("GETENCODER").possible_crtcs())
-            })
-            .next()
-            .expect("a CRTC for the connector");
-        let plane = card
-            .plane_handles()
-            .expect("GETPLANERESOURCES")
-            .into_iter()
-            .find(|&p| {
-                let info = card.get_plane(p).expect("GETPLANE");
-                let type_prop = prop(&card, p, c"type");
-                let props = card.get_properties(p).expect("GETPROPERTIES");
-                let is_primary = props.iter().any(|(h, v)| *h == type_prop && *v == 1);
-                is_primary && res.filter_crtcs(info.possible_crtcs()).contains(&crtc)
-            })
-            .expect("a primary plane for the CRTC");
-
-        let (w, h) = mode.size();
-        let mut bos = Vec::new();
-        let fbs = [0x00ff_0000u32, 0x0000_00ff].map(|color| {
-            let mut db = card
-                .create_dumb_buffer((w.into(), h.into()), DrmFourcc::Xrgb8888, 32)
-                .expect("virtio-gpu CREATE_DUMB");
-            {
-                let mut map = card.map_dumb_buffer(&mut db).expect("MAP_DUMB");
-                for px in map.as_mut().chunks_exact_mut(4) {
-                    px.copy_from_slice(&color.to_le_bytes());
-                }
-            }
-            bos.push(drm::buffer::Buffer::handle(&db));
-            // The GEM handle stays open until the card fd closes.
-            card.add_framebuffer(&db, 24, 32).expect("ADDFB")
-        });
-
-        let fb_id = prop(&card, plane, c"FB_ID");
-        let mut req = AtomicModeReq::new();
-        req.add_property(
-            conn,
-            prop(&card, conn, c"CRTC_ID"),
-            property::Value::CRTC(Some(crtc)),
-        );
-        let blob = card.create_property_blob(&mode).expect("CREATEPROPBLOB");
-        req.add_property(crtc, prop(&card, crtc, c"MODE_ID"), blob);
-        req.add_property(
-            crtc,
-            prop(&card, crtc, c"ACTIVE"),
-            property::Value::Boolean(true),
-        );
-        req.add_property(plane, fb_id, property::Value::Framebuffer(Some(fbs[0])));
-        req.add_property(
-            plane,
-            prop(&card, plane, c"CRTC_ID"),
-            property::Value::CRTC(Some(crtc)),
-        );
-        for (name, v) in [
-            (c"SRC_X", 0u64),
-            (c"SRC_Y", 0),
-            (c"SRC_W", u64::from(w) << 16),
-            (c"SRC_H", u64::from(h) << 16),
-            (c"CRTC_X", 0),
-            (c"CRTC_Y", 0),
-            (c"CRTC_W", u64::from(w)),
-            (c"CRTC_H", u64::from(h)),
-        ] {
-            req.add_raw_property(plane.into(), prop(&card, plane, name), v);
-        }
-        card.atomic_commit(AtomicCommitFlags::ALLOW_MODESET, req)
-            .expect("modeset commit (ALLOW_MODESET)");
-
-        Some(Kms {
-            card,
-            props: FenceProps::new(),
-            crtc,
-            plane,
-            fb_id,
-            fbs,
-            bos: [bos[0], bos[1]],
-            mode,
-            _guard: guard,
-        })
-    }
-
-    /// A commit on the primary plane showing `fbs[fb]`.
-    fn flip_request(&self, fb: usize) -> FencedCommit<'_, Node> {
-        let mut c = FencedCommit::new(&self.card, &self.props);
-        c.add_property(
-            self.plane,
-            self.fb_id,
-            property::Value::Framebuffer(Some(self.fbs[fb])),
-        )
-        .expect("FB_ID");
-        c
-    }
-
-    /// Waits up to `timeout` for flip events, returns those read.
-    fn wait_flip(&self, timeout: Duration) -> Vec<FlipEvent> {
-        if !readable(self.card.as_fd(), timeout) {
-            return Vec::new();
-        }
-        read_flip_events(self.card.as_fd()).expect("read DRM events")
-    }
-}
-
-const FLIP: AtomicCommitFlags =
-    AtomicCommitFlags::NONBLOCK.union(AtomicCommitFlags::PAGE_FLIP_EVENT);
 
 #[test]
 fn fence_properties_resolve_on_virtio_gpu() {

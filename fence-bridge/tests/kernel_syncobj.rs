@@ -2,8 +2,8 @@
 //! `SyncobjPoint` and the `Fence` of a point. IGT's `syncobj_timeline`, `syncobj_wait` and
 //! `syncobj_eventfd` are the reference for the semantics asserted here.
 //!
-//! Pending fences come from vgem (`VGEM_FENCE_ATTACH` on a dumb BO, exported from its dma-buf as
-//! a sync_file): host-signalled syncobj points are always already signalled, and a point that
+//! Pending fences come from vgem (`support::vgem::PendingFence`: `VGEM_FENCE_ATTACH` on a dumb
+//! BO, exported from its dma-buf as a sync_file): host-signalled syncobj points are always already signalled, and a point that
 //! is *submitted but not signalled* needs a real pending fence. vgem signals such a fence by
 //! itself after ~10 s, so every wait on one here is far shorter.
 //!
@@ -14,17 +14,16 @@ mod support;
 
 use std::num::NonZeroU32;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::{mpsc, Mutex, MutexGuard};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use drm::buffer::Buffer as _;
 use drm::control::{syncobj, Device as _};
 use fence_bridge::{
     stats, wait_points, DrmDevice, FenceStatus, SyncFile, Syncobj, SyncobjWaitFlags, WaitError,
 };
-use rustix::event::{poll, PollFd, PollFlags};
 use rustix::io::Errno;
-use support::{find_node, require_device};
+use support::vgem::{open_fd_count, serial, PendingFence, Vgem};
+use support::{find_node, readable, require_device, virtio_gpu};
 
 const EINVAL: i32 = Errno::INVAL.raw_os_error();
 const ENOENT: i32 = Errno::NOENT.raw_os_error();
@@ -34,15 +33,30 @@ const NONE: SyncobjWaitFlags = SyncobjWaitFlags::empty();
 const SHORT: Duration = Duration::from_millis(100);
 const LONG: Duration = Duration::from_secs(5);
 
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// Threads of this process.
+fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .count()
 }
 
-fn virtio(prefix: &str) -> Option<DrmDevice> {
-    let what = format!("virtio_gpu {prefix}* node under /dev/dri");
-    let node = require_device(&what, || find_node(prefix, "virtio_gpu"))?;
-    Some(DrmDevice::from_fd(node.file.into()).expect("DRM_IOCTL_VERSION"))
+/// Whether fence-bridge's kernel-fence reactor thread (`fence-bridge-kfence`) runs.
+fn reactor_running() -> bool {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task");
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("comm"))
+            .is_ok_and(|comm| comm.starts_with("fence-bridge-kf"))
+    })
+}
+
+/// Waits (up to [`LONG`]) for the reactor to close what it holds, then asserts `n` open fds.
+#[track_caller]
+fn settle_fds(n: usize, what: &str) {
+    let deadline = Instant::now() + LONG;
+    while open_fd_count() != n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(open_fd_count(), n, "{what}");
 }
 
 #[track_caller]
@@ -55,122 +69,19 @@ fn errno<T: std::fmt::Debug>(result: std::io::Result<T>) -> i32 {
     }
 }
 
-fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
-    let ts = rustix::time::Timespec {
-        tv_sec: timeout.as_secs() as i64,
-        tv_nsec: timeout.subsec_nanos() as _,
-    };
-    let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
-    poll(&mut fds, Some(&ts)).expect("poll") == 1 && fds[0].revents().contains(PollFlags::IN)
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .expect("/proc/self/fd")
-        .count()
-}
-
-/// A pending fence from vgem, as a sync_file, signalled on demand.
-struct VgemFence {
-    vgem: support::Node,
-    fence: u32,
-    sync_file: SyncFile,
-}
-
-#[repr(C)]
-struct VgemFenceAttach {
-    handle: u32,
-    flags: u32,
-    out_fence: u32,
-    pad: u32,
-}
-#[repr(C)]
-struct VgemFenceSignal {
-    fence: u32,
-    flags: u32,
-}
-#[repr(C)]
-struct DmaBufExportSyncFile {
-    flags: u32,
-    fd: i32,
-}
-
-impl VgemFence {
-    fn new() -> VgemFence {
-        use rustix::ioctl::{ioctl, opcode, Updater};
-        let vgem = require_device("vgem node", || find_node("card", "vgem"))
-            .expect("vgem is part of the guest");
-        let bo = vgem
-            .create_dumb_buffer((16, 16), drm::buffer::DrmFourcc::Xrgb8888, 32)
-            .expect("vgem dumb buffer");
-        let dmabuf = vgem
-            .buffer_to_prime_fd(bo.handle(), drm::CLOEXEC | drm::RDWR)
-            .expect("PRIME export");
-        let mut attach = VgemFenceAttach {
-            handle: bo.handle().into(),
-            flags: 1, // VGEM_FENCE_WRITE
-            out_fence: 0,
-            pad: 0,
-        };
-        // SAFETY: DRM_IOCTL_VGEM_FENCE_ATTACH is _IOWR('d', 0x41, struct drm_vgem_fence_attach).
-        unsafe {
-            ioctl(
-                &vgem.file,
-                Updater::<{ opcode::read_write::<VgemFenceAttach>(b'd', 0x41) }, _>::new(
-                    &mut attach,
-                ),
-            )
-        }
-        .expect("VGEM_FENCE_ATTACH");
-        let mut export = DmaBufExportSyncFile { flags: 1, fd: -1 }; // DMA_BUF_SYNC_READ
-                                                                    // SAFETY: DMA_BUF_IOCTL_EXPORT_SYNC_FILE is _IOWR('b', 2, struct dma_buf_export_sync_file).
-        unsafe {
-            ioctl(
-                &dmabuf,
-                Updater::<{ opcode::read_write::<DmaBufExportSyncFile>(b'b', 2) }, _>::new(
-                    &mut export,
-                ),
-            )
-        }
-        .expect("DMA_BUF_IOCTL_EXPORT_SYNC_FILE");
-        // SAFETY: the kernel installed a new fd.
-        let sync_file = unsafe { OwnedFd::from_raw_fd(export.fd) };
-        vgem.destroy_dumb_buffer(bo).expect("destroy vgem BO");
-        VgemFence {
-            vgem,
-            fence: attach.out_fence,
-            sync_file: SyncFile::from_fd(sync_file),
-        }
-    }
-
-    fn signal(&self) {
-        use rustix::ioctl::{ioctl, opcode, Updater};
-        let mut signal = VgemFenceSignal {
-            fence: self.fence,
-            flags: 0,
-        };
-        // SAFETY: DRM_IOCTL_VGEM_FENCE_SIGNAL is _IOW('d', 0x42, struct drm_vgem_fence_signal).
-        unsafe {
-            ioctl(
-                &self.vgem.file,
-                Updater::<{ opcode::write::<VgemFenceSignal>(b'd', 0x42) }, _>::new(&mut signal),
-            )
-        }
-        .expect("VGEM_FENCE_SIGNAL");
-    }
-}
-
 #[test]
 fn capability_probe_true_on_virtio_gpu_false_on_vgem() {
     let _serial = serial();
-    let Some(card) = virtio("card") else { return };
+    let Some(card) = virtio_gpu("card") else {
+        return;
+    };
     assert_eq!(card.driver_name(), "virtio_gpu");
     assert!(card.supports_syncobj());
     assert!(
         card.supports_syncobj_timeline(),
         "DRM_CAP_SYNCOBJ_TIMELINE + SYNCOBJ_EVENTFD"
     );
-    let render = virtio("renderD").expect("virtio_gpu render node");
+    let render = virtio_gpu("renderD").expect("virtio_gpu render node");
     assert!(render.supports_syncobj_timeline());
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let kernel = kernel.trim();
@@ -195,7 +106,9 @@ fn capability_probe_true_on_virtio_gpu_false_on_vgem() {
 #[test]
 fn timeline_host_signal_points_and_query() {
     let _serial = serial();
-    let Some(dev) = virtio("card") else { return };
+    let Some(dev) = virtio_gpu("card") else {
+        return;
+    };
     let t = Syncobj::create(&dev).unwrap();
     assert_eq!(t.query().unwrap(), 0);
     assert_eq!(t.query_last().unwrap(), 0);
@@ -213,7 +126,8 @@ fn timeline_host_signal_points_and_query() {
     t.wait(big, Some(Duration::ZERO), NONE).unwrap();
 
     // A submitted but unsignalled point: query and query_last disagree.
-    let vgem = VgemFence::new();
+    let vgem_node = Vgem::open().expect("vgem is part of the guest");
+    let mut vgem = PendingFence::new(&vgem_node);
     let u = Syncobj::create(&dev).unwrap();
     u.signal_point(1).unwrap();
     u.import_sync_file(2, &vgem.sync_file).unwrap();
@@ -227,7 +141,9 @@ fn timeline_host_signal_points_and_query() {
 #[test]
 fn wait_for_submit() {
     let _serial = serial();
-    let Some(dev) = virtio("card") else { return };
+    let Some(dev) = virtio_gpu("card") else {
+        return;
+    };
     let t = Syncobj::create(&dev).unwrap();
     // IGT wait-for-submit-*: an unsubmitted point without WAIT_FOR_SUBMIT is EINVAL…
     assert_eq!(errno(t.wait(5, Some(Duration::ZERO), NONE)), EINVAL);
@@ -251,11 +167,14 @@ fn wait_for_submit() {
 #[test]
 fn wait_available() {
     let _serial = serial();
-    let Some(dev) = virtio("card") else { return };
+    let Some(dev) = virtio_gpu("card") else {
+        return;
+    };
     let t = Syncobj::create(&dev).unwrap();
     let available = SyncobjWaitFlags::WAIT_AVAILABLE;
     assert_eq!(errno(t.wait(1, Some(SHORT), available)), ETIME);
-    let vgem = VgemFence::new();
+    let vgem_node = Vgem::open().expect("vgem is part of the guest");
+    let mut vgem = PendingFence::new(&vgem_node);
     t.import_sync_file(1, &vgem.sync_file).unwrap();
     // Submitted, not signalled: WAIT_AVAILABLE returns, a plain wait times out.
     t.wait(1, Some(SHORT), available).unwrap();
@@ -267,7 +186,9 @@ fn wait_available() {
 #[test]
 fn transfer_between_points_and_syncobjs() {
     let _serial = serial();
-    let Some(dev) = virtio("card") else { return };
+    let Some(dev) = virtio_gpu("card") else {
+        return;
+    };
     let t = Syncobj::create(&dev).unwrap();
     let u = Syncobj::create(&dev).unwrap();
     let b = Syncobj::create(&dev).unwrap();
@@ -275,7 +196,8 @@ fn transfer_between_points_and_syncobjs() {
     assert_eq!(errno(u.transfer(&t, 1, 2)), EINVAL);
 
     // A pending fence moves along with the transfers.
-    let vgem = VgemFence::new();
+    let vgem_node = Vgem::open().expect("vgem is part of the guest");
+    let mut vgem = PendingFence::new(&vgem_node);
     t.import_sync_file(1, &vgem.sync_file).unwrap();
     t.transfer(&t, 1, 4).unwrap(); // between points of one timeline
     u.transfer(&t, 4, 2).unwrap(); // timeline → timeline
@@ -298,7 +220,9 @@ fn transfer_between_points_and_syncobjs() {
 #[test]
 fn binary_signal_reset_wait() {
     let _serial = serial();
-    let Some(dev) = virtio("renderD") else { return };
+    let Some(dev) = virtio_gpu("renderD") else {
+        return;
+    };
     let a = Syncobj::create(&dev).unwrap();
     let b = Syncobj::create_signaled(&dev).unwrap();
     b.wait(0, Some(Duration::ZERO), NONE).unwrap();
@@ -339,7 +263,9 @@ fn binary_signal_reset_wait() {
 #[test]
 fn eventfd_fires_at_the_right_point() {
     let _serial = serial();
-    let Some(dev) = virtio("card") else { return };
+    let Some(dev) = virtio_gpu("card") else {
+        return;
+    };
     let t = Syncobj::create(&dev).unwrap();
     // Registered before the signal (IGT wait-before-signal): not at 3, at 5.
     let ev = t.eventfd(5, NONE).unwrap();
@@ -358,7 +284,8 @@ fn eventfd_fires_at_the_right_point() {
         assert!(readable(ev.as_fd(), Duration::ZERO), "point {point}");
     }
     // WAIT_AVAILABLE: fires at submission, not at the signal.
-    let vgem = VgemFence::new();
+    let vgem_node = Vgem::open().expect("vgem is part of the guest");
+    let mut vgem = PendingFence::new(&vgem_node);
     let avail = t.eventfd(7, SyncobjWaitFlags::WAIT_AVAILABLE).unwrap();
     let signal = t.eventfd(7, NONE).unwrap();
     assert!(!readable(avail.as_fd(), SHORT));
@@ -381,11 +308,14 @@ fn eventfd_fires_at_the_right_point() {
 #[test]
 fn sync_file_export_and_import() {
     let _serial = serial();
-    let Some(dev) = virtio("card") else { return };
+    let Some(dev) = virtio_gpu("card") else {
+        return;
+    };
     let t = Syncobj::create(&dev).unwrap();
     // Nothing submitted: no sync_file.
     assert_eq!(errno(t.export_sync_file(1)), EINVAL);
-    let vgem = VgemFence::new();
+    let vgem_node = Vgem::open().expect("vgem is part of the guest");
+    let mut vgem = PendingFence::new(&vgem_node);
     t.import_sync_file(1, &vgem.sync_file).unwrap();
     let exported = t.export_sync_file(1).unwrap();
     assert!(
@@ -430,7 +360,9 @@ fn sync_file_export_and_import() {
 #[test]
 fn fence_of_a_point() {
     let _serial = serial();
-    let Some(dev) = virtio("card") else { return };
+    let Some(dev) = virtio_gpu("card") else {
+        return;
+    };
     let t = Syncobj::create(&dev).unwrap();
     let f5 = t.point(5).fence();
     let f6 = t.point(6).fence();
@@ -466,7 +398,9 @@ fn fence_of_a_point() {
     assert!(!f6.is_signaled());
     assert_eq!(stats().since(&before).eventfds_created, 0);
 
-    // Callbacks: a watcher thread signals the fence.
+    // Callbacks: the crate's kernel-fence reactor signals the fence (its thread and epoll fd
+    // exist from the first armed kernel fence of the process on).
+    let fds_before = open_fd_count() + usize::from(!reactor_running());
     let f8 = t.point(8).fence();
     let (tx, rx) = mpsc::channel();
     f8.add_callback(move |info| tx.send((info.seqno, info.status())).unwrap())
@@ -474,10 +408,49 @@ fn fence_of_a_point() {
     assert!(f8.signaling_enabled());
     t.signal_point(8).unwrap();
     assert_eq!(rx.recv_timeout(LONG).unwrap(), (8, FenceStatus::Signaled));
-    // An armed fence released while pending: the watcher stops, nothing hangs.
-    let f20 = t.point(20).fence();
-    f20.enable_signaling();
-    drop(f20);
+    assert!(reactor_running());
+    settle_fds(fds_before, "f8's eventfd closed after the signal");
+    // Arming ten more fences (timeline points and a binary point 0) starts no thread: one
+    // eventfd each, in the reactor's epoll set, closed once signalled.
+    let threads_before = thread_count();
+    let b = Syncobj::create(&dev).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let armed: Vec<_> = (30..39)
+        .map(|p| t.point(p))
+        .chain([b.point(0)])
+        .map(|point| {
+            let fence = point.fence();
+            let tx = tx.clone();
+            fence
+                .add_callback(move |info| tx.send(info.seqno).unwrap())
+                .unwrap();
+            fence
+        })
+        .collect();
+    assert_eq!(thread_count(), threads_before, "no thread per armed fence");
+    assert_eq!(
+        open_fd_count(),
+        fds_before + 10,
+        "one eventfd per armed fence"
+    );
+    t.signal_point(38).unwrap();
+    b.signal().unwrap();
+    let mut seqnos: Vec<u64> = (0..10).map(|_| rx.recv_timeout(LONG).unwrap()).collect();
+    seqnos.sort_unstable();
+    assert_eq!(seqnos, [0, 30, 31, 32, 33, 34, 35, 36, 37, 38]);
+    drop(armed);
+    settle_fds(fds_before, "eventfds closed after the signal");
+    // An armed fence released while pending (past point 38): unregistered, its eventfd closed,
+    // nothing hangs.
+    let f100 = t.point(100).fence();
+    f100.enable_signaling();
+    assert_eq!(open_fd_count(), fds_before + 1);
+    drop(f100);
+    assert_eq!(
+        open_fd_count(),
+        fds_before,
+        "released while pending: eventfd closed"
+    );
     // A fence keeps its syncobj alive.
     let keep = Syncobj::create(&dev).unwrap().point(1).fence();
     assert_eq!(
@@ -489,7 +462,9 @@ fn fence_of_a_point() {
 #[test]
 fn invalid_handles_and_fds() {
     let _serial = serial();
-    let Some(dev) = virtio("card") else { return };
+    let Some(dev) = virtio_gpu("card") else {
+        return;
+    };
     let bogus: syncobj::Handle = NonZeroU32::new(0xdead_beef).unwrap().into();
     // Unknown handles: ENOENT (IGT invalid-*-bad-handle).
     assert_eq!(errno(dev.destroy_syncobj(bogus)), EINVAL);
@@ -529,7 +504,7 @@ fn invalid_handles_and_fds() {
     // An empty wait list.
     assert_eq!(errno(wait_points(&[], Some(Duration::ZERO), NONE)), EINVAL);
     // Points on two DRM files cannot be mixed in one call.
-    let other = virtio("renderD").unwrap();
+    let other = virtio_gpu("renderD").unwrap();
     let o = Syncobj::create(&other).unwrap();
     assert_eq!(errno(t.transfer(&o, 0, 1)), EINVAL);
 }
@@ -537,7 +512,9 @@ fn invalid_handles_and_fds() {
 #[test]
 fn no_handle_or_fd_leak_over_10000_cycles() {
     let _serial = serial();
-    let Some(dev) = virtio("card") else { return };
+    let Some(dev) = virtio_gpu("card") else {
+        return;
+    };
     const PROBE: usize = 64;
     let probe = || -> Vec<u32> {
         let objs: Vec<Syncobj> = (0..PROBE).map(|_| Syncobj::create(&dev).unwrap()).collect();
@@ -561,9 +538,9 @@ fn no_handle_or_fd_leak_over_10000_cycles() {
     // So 64 fresh handles are the 64 lowest free ids; a leaked handle would sit among them
     // (each cycle allocates the lowest ids) and shift the set.
     let handles_before = probe();
-    // Watcher threads of earlier tests close their eventfds when they wake: let them finish.
+    // The reactor closes the eventfds of signalled fences right after their callbacks: let it.
     std::thread::sleep(Duration::from_millis(200));
-    let fds_before = open_fds();
+    let fds_before = open_fd_count();
 
     for i in 0..10_000u64 {
         let t = Syncobj::create(&dev).unwrap();
@@ -583,7 +560,7 @@ fn no_handle_or_fd_leak_over_10000_cycles() {
         assert_eq!(errno(t.export_sync_file(50)), EINVAL);
     }
 
-    assert_eq!(open_fds(), fds_before, "fds leaked");
+    assert_eq!(open_fd_count(), fds_before, "fds leaked");
     assert_eq!(probe(), handles_before, "syncobj handles leaked");
     eprintln!(
         "handles probed: {:?}..{:?}",
@@ -592,7 +569,7 @@ fn no_handle_or_fd_leak_over_10000_cycles() {
     );
     // Sanity of both measures: a kept fd and a leaked handle are seen.
     let kept = Syncobj::create(&dev).unwrap().export().unwrap();
-    assert_eq!(open_fds(), fds_before + 1);
+    assert_eq!(open_fd_count(), fds_before + 1);
     drop(kept);
     std::mem::forget(Syncobj::create(&dev).unwrap()); // leaks the handle (and this device fd)
     assert_ne!(probe(), handles_before, "a leaked handle shifts the probe");

@@ -10,14 +10,18 @@
 
 #![allow(dead_code)]
 
+pub mod kms;
 pub mod vgem;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use drm::Device as _;
+use fence_bridge::DrmDevice;
+use rustix::event::{poll, PollFd, PollFlags};
 
 /// Returns the device `find` looks for, or `None` after printing a SKIP line when it is absent
 /// and the kernel guest is not required. Panics (fails the test) when it is absent and
@@ -86,4 +90,30 @@ pub fn find_node(prefix: &str, driver: &str) -> Option<Node> {
             .into_owned();
         (name == driver).then_some(node)
     })
+}
+
+/// A virtio-gpu node (`prefix` "card" or "renderD") as a [`DrmDevice`], through
+/// [`require_device`].
+pub fn virtio_gpu(prefix: &str) -> Option<DrmDevice> {
+    let what = format!("virtio_gpu {prefix}* node under /dev/dri");
+    let node = require_device(&what, || find_node(prefix, "virtio_gpu"))?;
+    Some(DrmDevice::from_fd(node.file.into()).expect("DRM_IOCTL_VERSION"))
+}
+
+/// Whether `fd` is readable within `timeout` (`poll()`, restarted on `EINTR`).
+pub fn readable(fd: BorrowedFd<'_>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ts = rustix::time::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: left.subsec_nanos() as _,
+        };
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+        match poll(&mut fds, Some(&ts)) {
+            Ok(n) => return n > 0 && fds[0].revents().contains(PollFlags::IN),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => panic!("poll: {e}"),
+        }
+    }
 }

@@ -10,12 +10,13 @@
 //! Everything here is the real kernel (the guest of `cargo xtask vm-test` loads vgem).
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use drm::buffer::{Buffer as _, DrmFourcc};
 use drm::control::dumbbuffer::DumbBuffer;
 use drm::control::Device as _;
+use fence_bridge::{Access, DmaBuf, SyncFile};
 use rustix::io::Errno;
 use rustix::ioctl::{ioctl, opcode, Opcode, Updater};
 
@@ -150,6 +151,58 @@ impl Vgem {
     pub fn destroy_bo(&self, mut bo: Bo) {
         if let Some(buffer) = bo.buffer.take() {
             let _ = self.node.destroy_dumb_buffer(buffer);
+        }
+    }
+}
+
+/// A pending vgem write fence on a fresh vgem BO, and a sync_file for it (the BO's dma-buf
+/// implicit fences, `DMA_BUF_IOCTL_EXPORT_SYNC_FILE`). Signalled on drop if still pending, so no
+/// test leaves a fence to vgem's 10 s timeout.
+pub struct PendingFence<'v> {
+    vgem: &'v Vgem,
+    bo: Option<Bo>,
+    fence: Option<VgemFence>,
+    pub sync_file: SyncFile,
+}
+
+impl<'v> PendingFence<'v> {
+    pub fn new(vgem: &'v Vgem) -> Self {
+        let bo = vgem.create_bo();
+        let fence = vgem.attach(&bo, true);
+        let sync_file = DmaBuf::new(bo.dmabuf.as_fd())
+            .export_sync_file(Access::Write)
+            .expect("DMA_BUF_IOCTL_EXPORT_SYNC_FILE");
+        PendingFence {
+            vgem,
+            bo: Some(bo),
+            fence: Some(fence),
+            sync_file,
+        }
+    }
+
+    /// The BO's dma-buf: its implicit fences hold the vgem fence (as a write fence).
+    pub fn dmabuf(&self) -> BorrowedFd<'_> {
+        self.bo
+            .as_ref()
+            .expect("the BO lives until drop")
+            .dmabuf
+            .as_fd()
+    }
+
+    /// `VGEM_FENCE_SIGNAL`, once.
+    pub fn signal(&mut self) {
+        let fence = self.fence.take().expect("signalled once");
+        self.vgem.signal(fence);
+    }
+}
+
+impl Drop for PendingFence<'_> {
+    fn drop(&mut self) {
+        if let Some(fence) = self.fence.take() {
+            let _ = self.vgem.try_signal(fence);
+        }
+        if let Some(bo) = self.bo.take() {
+            self.vgem.destroy_bo(bo);
         }
     }
 }
