@@ -99,6 +99,8 @@
 mod context;
 mod dma_buf;
 mod drm_device;
+#[cfg(feature = "smithay")]
+mod egl;
 mod error;
 mod fence;
 mod ioctl;
@@ -110,6 +112,7 @@ mod reactor;
 mod stats;
 mod sync_file;
 mod syncobj;
+mod syncobj_point;
 #[cfg(feature = "calloop")]
 pub mod source;
 mod sw_timeline;
@@ -121,6 +124,8 @@ mod wait;
 pub use context::{context_alloc, ContextId, ContextRange, FenceContext};
 pub use dma_buf::{Access, DmaBuf};
 pub use drm_device::DrmDevice;
+#[cfg(feature = "smithay")]
+pub use egl::{fence_from_sync_point, EglFenceError, SyncPointFence};
 pub use error::{AlreadySignaled, FenceError, Timeout, WaitAllError, WaitError};
 pub use fence::{CallbackHandle, Fence, FenceSignaler, FenceStatus, SignalInfo};
 pub use kms::{
@@ -135,7 +140,8 @@ pub use source::{FenceEvent, FenceSource, Ready, Remaining, Signaled, WaitMode};
 pub use stats::{stats, Stats};
 pub use sync_file::{SyncFenceInfo, SyncFile, SyncFileFence, SyncFileInfo};
 pub use sw_timeline::SwTimeline;
-pub use syncobj::{wait_points, Syncobj, SyncobjPoint, SyncobjWaitFlags};
+pub use syncobj::{Syncobj, SyncobjWaitFlags};
+pub use syncobj_point::{wait_points, SyncobjPoint};
 pub use time::Ktime;
 #[cfg(feature = "trace-export")]
 pub use trace_export::{ChromeTrace, ChromeTraceLayer};

@@ -45,7 +45,7 @@
 //!   stdout/stderr and exit status back over a writable 9p share, and has a watchdog
 //!   (`FENCEGATE_VM_TIMEOUT`, default 600 s) that kills QEMU and fails clearly.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -94,11 +94,17 @@ pub fn vm_test(args: &[String]) -> Result<Totals> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
 
     let mut totals = Totals::default();
-    for (pkg, tests) in &selection {
+    for (pkg, KernelTests { tests, features }) in &selection {
         let mut cmd = Command::new(&cargo);
         cmd.arg("test").arg("-p").arg(pkg);
         for t in tests {
             cmd.arg("--test").arg(t);
+        }
+        if !features.is_empty() {
+            // The selected targets' `required-features`: without them cargo refuses a named
+            // target, or silently leaves it out of a whole-package run.
+            cmd.arg("--features")
+                .arg(features.iter().cloned().collect::<Vec<_>>().join(","));
         }
         if opts.release {
             cmd.arg("--release");
@@ -239,8 +245,17 @@ impl VmTestArgs {
     }
 }
 
-/// package name -> kernel test target names, from `cargo metadata`.
-fn select_kernel_tests(opts: &VmTestArgs) -> Result<BTreeMap<String, Vec<String>>> {
+/// The kernel test targets of one package, and the features they require.
+#[derive(Default, Debug)]
+struct KernelTests {
+    tests: Vec<String>,
+    /// Union of the targets' `required-features` (enabled by `vm-test`, so that a feature-gated
+    /// kernel test is built and run, never skipped).
+    features: BTreeSet<String>,
+}
+
+/// package name -> kernel test targets, from `cargo metadata`.
+fn select_kernel_tests(opts: &VmTestArgs) -> Result<BTreeMap<String, KernelTests>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let out = Command::new(&cargo)
         .args(["metadata", "--no-deps", "--format-version", "1"])
@@ -252,7 +267,7 @@ fn select_kernel_tests(opts: &VmTestArgs) -> Result<BTreeMap<String, Vec<String>
     }
     let meta: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
-    let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut found: BTreeMap<String, KernelTests> = BTreeMap::new();
     let mut all_tests: Vec<(String, String)> = Vec::new();
     for pkg in meta["packages"].as_array().into_iter().flatten() {
         let pname = pkg["name"].as_str().unwrap_or_default().to_string();
@@ -272,7 +287,15 @@ fn select_kernel_tests(opts: &VmTestArgs) -> Result<BTreeMap<String, Vec<String>
                 opts.tests.contains(&tname)
             };
             if wanted_pkg && wanted_test {
-                found.entry(pname.clone()).or_default().push(tname);
+                let entry = found.entry(pname.clone()).or_default();
+                entry.tests.push(tname);
+                entry.features.extend(
+                    t["required-features"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|f| f.as_str().map(str::to_owned)),
+                );
             }
         }
     }
@@ -287,7 +310,7 @@ fn select_kernel_tests(opts: &VmTestArgs) -> Result<BTreeMap<String, Vec<String>
         }
     }
     for t in &opts.tests {
-        if !found.values().flatten().any(|x| x == t) {
+        if !found.values().flat_map(|k| &k.tests).any(|x| x == t) {
             bail!("vm-test: no test target named {t} in the selected packages");
         }
     }
@@ -438,6 +461,8 @@ fn ensure_installed() -> Result<Assets> {
         ("busybox-static", 0),
         ("kmod", 0),
         ("xz-utils", 0),
+        // kernel_source counts the syscalls of an already-signalled fence with it.
+        ("strace", 0),
     ])?;
     let mut apt = packages::Apt::default();
 
