@@ -1,7 +1,11 @@
 //! Building the compositor: display, backend, output, protocol globals, then the sources that
 //! feed the loop. `run` is the whole life of a `fencegate` process.
 
+use std::path::PathBuf;
+
 use anyhow::{anyhow, bail, Context};
+use fence_bridge::DrmDevice;
+use fencegate_protocols::drm_syncobj::DrmSyncobjState;
 use smithay::desktop::{PopupManager, Space, WindowSurfaceType};
 use smithay::input::keyboard::XkbConfig;
 use smithay::input::SeatState;
@@ -154,6 +158,7 @@ fn build_state(
     space.map_output(&output, (0, 0));
 
     let dmabuf = create_dmabuf_global(&mut backend, &display_handle);
+    let drm_syncobj = create_drm_syncobj_global(&backend, &display_handle);
     let core = Core {
         compositor_state: CompositorState::new::<State>(&display_handle),
         xdg_shell_state: XdgShellState::new::<State>(&display_handle),
@@ -164,6 +169,7 @@ fn build_state(
         viewporter_state: ViewporterState::new::<State>(&display_handle),
         presentation_state: PresentationState::new::<State>(&display_handle, clock.id() as u32),
         dmabuf,
+        drm_syncobj,
         space,
         popups: PopupManager::default(),
         seat,
@@ -228,6 +234,69 @@ fn create_dmabuf_global(
         }
     };
     Some((state, global))
+}
+
+/// linux-drm-syncobj-v1 on the first DRM render node with timeline syncobjs (the renderer's
+/// own node first): clients import their timelines there. None, with the reason logged, where
+/// there is none (the build machines have no /dev/dri at all).
+fn create_drm_syncobj_global(
+    backend: &Backend,
+    display_handle: &DisplayHandle,
+) -> Option<DrmSyncobjState> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(path) = backend.render_node().and_then(|node| node.dev_path()) {
+        candidates.push(path);
+    }
+    match std::fs::read_dir("/dev/dri") {
+        Ok(entries) => {
+            let mut nodes: Vec<PathBuf> = entries
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|path| {
+                    path.file_name()
+                        .and_then(|name| name.to_str())
+                        .is_some_and(|name| name.starts_with("renderD"))
+                })
+                .collect();
+            nodes.sort();
+            candidates.extend(nodes);
+        }
+        Err(err) => {
+            info!("linux-drm-syncobj-v1 not advertised: no /dev/dri ({err})");
+            return None;
+        }
+    }
+    candidates.dedup();
+    if candidates.is_empty() {
+        info!("linux-drm-syncobj-v1 not advertised: no DRM render node under /dev/dri");
+        return None;
+    }
+    let mut why_not = Vec::new();
+    for path in candidates {
+        let device = match DrmDevice::open(&path) {
+            Ok(device) => device,
+            Err(err) => {
+                why_not.push(format!("{}: {err}", path.display()));
+                continue;
+            }
+        };
+        match DrmSyncobjState::new::<State>(display_handle, device) {
+            Ok(state) => {
+                info!(
+                    "linux-drm-syncobj-v1 on {} ({})",
+                    path.display(),
+                    state.import_device().driver_name()
+                );
+                return Some(state);
+            }
+            Err(err) => why_not.push(err.to_string()),
+        }
+    }
+    info!(
+        "linux-drm-syncobj-v1 not advertised: no render node with timeline syncobjs ({})",
+        why_not.join("; ")
+    );
+    None
 }
 
 impl Core {

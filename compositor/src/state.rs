@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use fencegate_protocols::drm_syncobj::DrmSyncobjState;
 use smithay::desktop::{PopupManager, Space, Window};
 use smithay::input::{Seat, SeatState};
 use smithay::output::Output;
@@ -50,6 +51,8 @@ pub struct Core {
     pub presentation_state: PresentationState,
     /// None where the renderer imports no dma-buf format (the log says why).
     pub dmabuf: Option<(DmabufState, DmabufGlobal)>,
+    /// linux-drm-syncobj-v1; None where no DRM node has timeline syncobjs (the log says why).
+    pub drm_syncobj: Option<DrmSyncobjState>,
 
     // Desktop.
     pub space: Space<Window>,

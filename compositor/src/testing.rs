@@ -14,6 +14,8 @@ use anyhow::{anyhow, Context};
 use smithay::reexports::calloop::channel::{self, Event, Sender};
 use smithay::utils::{Logical, Rectangle};
 
+pub use fencegate_protocols::drm_syncobj::AcquireStats;
+
 use crate::config::Config;
 use crate::screenshot::Capture;
 use crate::state::State;
@@ -36,6 +38,10 @@ pub struct Snapshot {
     pub frames_rendered: u64,
     pub renderer: &'static str,
     pub dmabuf_global: bool,
+    /// Whether wp_linux_drm_syncobj_manager_v1 is advertised.
+    pub drm_syncobj_global: bool,
+    /// How acquire points were waited for (all zero without the global).
+    pub acquire: AcquireStats,
 }
 
 #[derive(Clone, Debug)]
@@ -237,5 +243,11 @@ fn snapshot(state: &State) -> Snapshot {
         frames_rendered: core.frames_rendered,
         renderer: state.backend.renderer_name(),
         dmabuf_global: core.dmabuf.is_some(),
+        drm_syncobj_global: core.drm_syncobj.is_some(),
+        acquire: core
+            .drm_syncobj
+            .as_ref()
+            .map(|s| s.stats())
+            .unwrap_or_default(),
     }
 }

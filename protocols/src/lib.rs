@@ -1,15 +1,27 @@
 //! Server-side Wayland protocol modules for fence handling, for any Smithay compositor.
 //!
-//! Each protocol will be one module shaped like Smithay's own `src/wayland/*`: a `*State` that
-//! owns the global, a `*Handler` trait the compositor implements, and a delegate macro, so a
-//! compositor wires it in a few lines:
+//! Each protocol is one module shaped like Smithay's own `src/wayland/*`: a `*State` that owns
+//! the global, a `*Handler` trait the compositor implements, per-object user data types, a
+//! `*CachedState` for double-buffered surface state, and a delegate macro, so a compositor
+//! wires it in a few lines. Built against Smithay 0.7 (crates.io): the request impls sit on the
+//! State type and a `delegate_fencegate_*!` macro forwards to them.
 //!
-//! - linux-drm-syncobj-v1 (timeline acquire and release points),
-//! - zwp_linux_explicit_synchronization_v1 (sync_file fences, per-commit release),
-//! - implicit-to-explicit conversion for dma-bufs committed without explicit sync,
-//! - linux-dmabuf v4+ feedback with scanout tranches.
+//! - [`drm_syncobj`]: linux-drm-syncobj-v1 (timeline acquire and release points), with the
+//!   acquire-point wait every compositor needs shipped as one call.
 //!
-//! None of them is implemented yet: this crate exists so the workspace has its final shape.
-//! The fence model they build on is [`fence_bridge`].
+//! Planned: zwp_linux_explicit_synchronization_v1 (sync_file fences, per-commit release),
+//! implicit-to-explicit conversion for dma-bufs committed without explicit sync, linux-dmabuf
+//! v4+ feedback with scanout tranches. The fence model they build on is [`fence_bridge`].
+
+#![warn(missing_docs)]
+
+pub mod drm_syncobj;
 
 pub use fence_bridge;
+
+/// What the delegate macros expand to; not public API.
+#[doc(hidden)]
+pub mod __reexports {
+    pub use smithay::reexports::wayland_protocols;
+    pub use smithay::reexports::wayland_server;
+}

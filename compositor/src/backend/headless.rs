@@ -15,7 +15,9 @@ use smithay::backend::egl::{EGLContext, EGLDevice, EGLDisplay};
 use smithay::backend::renderer::damage::OutputDamageTracker;
 use smithay::backend::renderer::gles::{GlesRenderbuffer, GlesRenderer};
 use smithay::backend::renderer::pixman::PixmanRenderer;
-use smithay::backend::renderer::{Bind, ImportDma, Offscreen};
+use smithay::backend::renderer::{
+    Bind, ExportMem, ImportAll, ImportDma, Offscreen, Renderer, Texture,
+};
 use smithay::reexports::pixman;
 use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
 use smithay::utils::{Size, Transform};
@@ -127,38 +129,36 @@ impl Headless {
     }
 
     pub fn render(&mut self, core: &Core, capture: bool) -> anyhow::Result<RenderedFrame> {
-        // The offscreen buffer keeps its contents, so only the damage since the last frame
-        // needs redrawing: its age is always 1 after the first frame.
-        let age = 1;
+        let tracker = &mut self.damage_tracker;
         match &mut self.renderer {
             OffscreenRenderer::Gles { renderer, target } => {
-                let mut framebuffer = renderer
-                    .bind(target)
-                    .map_err(|e| anyhow!("binding: {e:?}"))?;
-                render_space(
-                    renderer,
-                    &mut framebuffer,
-                    &mut self.damage_tracker,
-                    age,
-                    core,
-                    capture,
-                )
+                render_into(renderer, target, tracker, core, capture)
             }
             OffscreenRenderer::Pixman { renderer, target } => {
-                let mut framebuffer = renderer
-                    .bind(target)
-                    .map_err(|e| anyhow!("binding: {e:?}"))?;
-                render_space(
-                    renderer,
-                    &mut framebuffer,
-                    &mut self.damage_tracker,
-                    age,
-                    core,
-                    capture,
-                )
+                render_into(renderer, target, tracker, core, capture)
             }
         }
     }
+}
+
+/// Renders into an offscreen target. It keeps its contents between frames, so only the damage
+/// since the last frame needs redrawing: its age is always 1 (the first frame is drawn whole
+/// anyway, as the damage tracker has no history yet).
+fn render_into<R, T>(
+    renderer: &mut R,
+    target: &mut T,
+    tracker: &mut OutputDamageTracker,
+    core: &Core,
+    capture: bool,
+) -> anyhow::Result<RenderedFrame>
+where
+    R: Renderer + ImportAll + ExportMem + Bind<T>,
+    R::TextureId: Clone + Texture + 'static,
+{
+    let mut framebuffer = renderer
+        .bind(target)
+        .map_err(|e| anyhow!("binding the offscreen target: {e:?}"))?;
+    render_space(renderer, &mut framebuffer, tracker, 1, core, capture)
 }
 
 /// A GLES renderer on the best EGL display there is, and a description of it for the log.

@@ -1,5 +1,6 @@
 //! wl_compositor, wl_subcompositor, wl_shm and buffer lifetimes.
 
+use fencegate_protocols::drm_syncobj;
 use smithay::backend::renderer::utils::on_commit_buffer_handler;
 use smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
@@ -25,8 +26,12 @@ impl CompositorHandler for State {
             .compositor_state
     }
 
-    fn new_surface(&mut self, _surface: &WlSurface) {
+    fn new_surface(&mut self, surface: &WlSurface) {
         self.core.surfaces_alive += 1;
+        // Commits with an unsignalled acquire point wait (off the loop) until it signals.
+        drm_syncobj::wait_for_acquire_points::<State>(surface, |state| {
+            state.core.loop_handle.clone()
+        });
     }
 
     fn destroyed(&mut self, _surface: &WlSurface) {

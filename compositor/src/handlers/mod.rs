@@ -2,6 +2,7 @@
 
 mod compositor;
 mod dmabuf;
+mod drm_syncobj;
 mod output;
 mod seat;
 mod xdg_shell;

@@ -94,3 +94,44 @@ pub fn find_color(capture: &Capture, color: [u8; 3]) -> Option<((u32, u32, u32, 
     }
     (count > 0).then(|| ((min_x, min_y, max_x - min_x + 1, max_y - min_y + 1), count))
 }
+
+// --- kernel tests (`tests/kernel_*.rs`, run in the guest by `cargo xtask vm-test`) -------------
+// The same convention as fence-bridge/tests/support/mod.rs (copied, not shared: test support
+// modules are per package).
+
+/// Returns the device `find` looks for, or `None` after printing a SKIP line when it is absent
+/// and the kernel guest is not required. Panics (fails the test) when it is absent and
+/// `FENCEGATE_REQUIRE_KERNEL=1` (set inside the `cargo xtask vm-test` guest).
+pub fn require_device<T>(what: &str, find: impl FnOnce() -> Option<T>) -> Option<T> {
+    use std::io::Write;
+    if let Some(dev) = find() {
+        return Some(dev);
+    }
+    if std::env::var("FENCEGATE_REQUIRE_KERNEL").as_deref() == Ok("1") {
+        panic!("FENCEGATE_REQUIRE_KERNEL=1 but there is no {what}: the kernel guest is incomplete");
+    }
+    // One write to the real stderr, so libtest's capture does not hide it.
+    let line = format!("SKIP (no {what}): needs the kernel guest, run `cargo xtask vm-test`\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    None
+}
+
+/// The first node under /dev/dri whose file name starts with `prefix` ("card", "renderD") and
+/// whose driver (DRM_IOCTL_VERSION) is `driver`, opened read-write.
+pub fn find_drm_node(prefix: &str, driver: &str) -> Option<fence_bridge::DrmDevice> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir("/dev/dri")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect();
+    paths.sort();
+    paths.into_iter().find_map(|path| {
+        let device = fence_bridge::DrmDevice::open(&path).ok()?;
+        (device.driver_name() == driver).then_some(device)
+    })
+}

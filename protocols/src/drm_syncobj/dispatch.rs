@@ -1,0 +1,317 @@
+//! Requests of linux-drm-syncobj-v1 and the surface hooks that check commits.
+
+use std::os::fd::AsFd;
+
+use fence_bridge::{Syncobj, SyncobjPoint};
+use smithay::reexports::wayland_protocols::wp::linux_drm_syncobj::v1::server::{
+    wp_linux_drm_syncobj_manager_v1::{self, WpLinuxDrmSyncobjManagerV1},
+    wp_linux_drm_syncobj_surface_v1::{self, WpLinuxDrmSyncobjSurfaceV1},
+    wp_linux_drm_syncobj_timeline_v1::{self, WpLinuxDrmSyncobjTimelineV1},
+};
+use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
+use smithay::reexports::wayland_server::{
+    Client, DataInit, Dispatch, DisplayHandle, GlobalDispatch, New, Resource,
+};
+use smithay::wayland::compositor::{
+    add_destruction_hook, add_pre_commit_hook, with_states, BufferAssignment, SurfaceAttributes,
+    SurfaceData,
+};
+use smithay::wayland::dmabuf::get_dmabuf;
+
+use super::validation::{error_message, validate_commit, Attachment, PointKey, TimelineKey};
+use super::{
+    DrmSyncobjCachedState, DrmSyncobjGlobalData, DrmSyncobjHandler, DrmSyncobjState,
+    DrmSyncobjSurfaceData, DrmSyncobjTimelineData, ReleasePoint, SurfaceLink,
+};
+
+impl<D> GlobalDispatch<WpLinuxDrmSyncobjManagerV1, DrmSyncobjGlobalData, D> for DrmSyncobjState
+where
+    D: Dispatch<WpLinuxDrmSyncobjManagerV1, ()> + 'static,
+{
+    fn bind(
+        _state: &mut D,
+        _dh: &DisplayHandle,
+        _client: &Client,
+        resource: New<WpLinuxDrmSyncobjManagerV1>,
+        _global_data: &DrmSyncobjGlobalData,
+        data_init: &mut DataInit<'_, D>,
+    ) {
+        data_init.init(resource, ());
+    }
+
+    fn can_view(client: Client, global_data: &DrmSyncobjGlobalData) -> bool {
+        (global_data.filter)(&client)
+    }
+}
+
+impl<D> Dispatch<WpLinuxDrmSyncobjManagerV1, (), D> for DrmSyncobjState
+where
+    D: Dispatch<WpLinuxDrmSyncobjSurfaceV1, DrmSyncobjSurfaceData>
+        + Dispatch<WpLinuxDrmSyncobjTimelineV1, DrmSyncobjTimelineData>
+        + DrmSyncobjHandler
+        + 'static,
+{
+    fn request(
+        state: &mut D,
+        _client: &Client,
+        manager: &WpLinuxDrmSyncobjManagerV1,
+        request: wp_linux_drm_syncobj_manager_v1::Request,
+        _data: &(),
+        _dh: &DisplayHandle,
+        data_init: &mut DataInit<'_, D>,
+    ) {
+        use wp_linux_drm_syncobj_manager_v1::{Error, Request};
+        match request {
+            Request::GetSurface { id, surface } => {
+                let (exists, first_time) = with_states(&surface, |states| {
+                    let first_time = states.data_map.insert_if_missing(SurfaceLink::default);
+                    let link = states.data_map.get::<SurfaceLink>().expect("just inserted");
+                    let exists = link.object.borrow().is_some();
+                    (exists, first_time)
+                });
+                if exists {
+                    manager.post_error(
+                        Error::SurfaceExists,
+                        format!(
+                            "{} already has a wp_linux_drm_syncobj_surface_v1",
+                            surface.id()
+                        ),
+                    );
+                    return;
+                }
+                if first_time {
+                    // Once per wl_surface, kept after the syncobj surface is destroyed: the
+                    // hook also records buffer changes, which decide when a committed release
+                    // point is due even for commits made without the extension.
+                    add_pre_commit_hook::<D, _>(&surface, commit_hook::<D>);
+                    add_destruction_hook::<D, _>(&surface, destruction_hook::<D>);
+                }
+                let object = data_init.init(
+                    id,
+                    DrmSyncobjSurfaceData {
+                        surface: surface.downgrade(),
+                    },
+                );
+                with_states(&surface, |states| {
+                    let link = states
+                        .data_map
+                        .get::<SurfaceLink>()
+                        .expect("inserted above");
+                    *link.object.borrow_mut() = Some(object);
+                });
+            }
+            Request::ImportTimeline { id, fd } => {
+                let Some(syncobj_state) = state.drm_syncobj_state() else {
+                    manager.post_error(
+                        Error::InvalidTimeline,
+                        "explicit sync is unavailable: the compositor has no import device",
+                    );
+                    return;
+                };
+                match Syncobj::import(&syncobj_state.import_device, fd.as_fd()) {
+                    Ok(syncobj) => {
+                        data_init.init(id, DrmSyncobjTimelineData { syncobj });
+                    }
+                    Err(err) => manager.post_error(
+                        Error::InvalidTimeline,
+                        format!("the fd is not an importable DRM syncobj: {err}"),
+                    ),
+                }
+            }
+            Request::Destroy => {}
+            _ => unreachable!("wp_linux_drm_syncobj_manager_v1 has three requests"),
+        }
+    }
+}
+
+impl<D> Dispatch<WpLinuxDrmSyncobjSurfaceV1, DrmSyncobjSurfaceData, D> for DrmSyncobjState
+where
+    D: DrmSyncobjHandler + 'static,
+{
+    fn request(
+        _state: &mut D,
+        _client: &Client,
+        object: &WpLinuxDrmSyncobjSurfaceV1,
+        request: wp_linux_drm_syncobj_surface_v1::Request,
+        data: &DrmSyncobjSurfaceData,
+        _dh: &DisplayHandle,
+        _data_init: &mut DataInit<'_, D>,
+    ) {
+        use wp_linux_drm_syncobj_surface_v1::Request;
+        match request {
+            Request::Destroy => {
+                let Some(surface) = data.surface() else {
+                    return;
+                };
+                with_states(&surface, |states| {
+                    if let Some(link) = states.data_map.get::<SurfaceLink>() {
+                        *link.object.borrow_mut() = None;
+                    }
+                    // "Any timeline point set by this object since the last commit may be
+                    // discarded": the pending release point is dropped, so signalled.
+                    let mut cached = states.cached_state.get::<DrmSyncobjCachedState>();
+                    cached.pending().acquire_point = None;
+                    cached.pending().release_point = None;
+                });
+            }
+            Request::SetAcquirePoint {
+                timeline,
+                point_hi,
+                point_lo,
+            } => set_point(object, data, &timeline, point_hi, point_lo, Which::Acquire),
+            Request::SetReleasePoint {
+                timeline,
+                point_hi,
+                point_lo,
+            } => set_point(object, data, &timeline, point_hi, point_lo, Which::Release),
+            _ => unreachable!("wp_linux_drm_syncobj_surface_v1 has three requests"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Acquire,
+    Release,
+}
+
+/// `set_acquire_point` / `set_release_point`: double-buffered, a second call replaces the first.
+fn set_point(
+    object: &WpLinuxDrmSyncobjSurfaceV1,
+    data: &DrmSyncobjSurfaceData,
+    timeline: &WpLinuxDrmSyncobjTimelineV1,
+    point_hi: u32,
+    point_lo: u32,
+    which: Which,
+) {
+    use wp_linux_drm_syncobj_surface_v1::Error;
+    let Some(surface) = data.surface() else {
+        let what = match which {
+            Which::Acquire => "set_acquire_point",
+            Which::Release => "set_release_point",
+        };
+        object.post_error(
+            Error::NoSurface,
+            format!("{what} on {}, whose wl_surface was destroyed", object.id()),
+        );
+        return;
+    };
+    let Some(timeline) = timeline.data::<DrmSyncobjTimelineData>() else {
+        // Only objects created by our import_timeline have this interface on this client.
+        return;
+    };
+    let point = SyncobjPoint::new(
+        timeline.syncobj.clone(),
+        (u64::from(point_hi) << 32) | u64::from(point_lo),
+    );
+    with_states(&surface, |states| {
+        let mut cached = states.cached_state.get::<DrmSyncobjCachedState>();
+        match which {
+            Which::Acquire => cached.pending().acquire_point = Some(point),
+            // A release point replaced before its commit is dropped, so signalled.
+            Which::Release => cached.pending().release_point = Some(ReleasePoint::new(point)),
+        }
+    });
+}
+
+impl<D> Dispatch<WpLinuxDrmSyncobjTimelineV1, DrmSyncobjTimelineData, D> for DrmSyncobjState
+where
+    D: DrmSyncobjHandler + 'static,
+{
+    fn request(
+        _state: &mut D,
+        _client: &Client,
+        _object: &WpLinuxDrmSyncobjTimelineV1,
+        request: wp_linux_drm_syncobj_timeline_v1::Request,
+        _data: &DrmSyncobjTimelineData,
+        _dh: &DisplayHandle,
+        _data_init: &mut DataInit<'_, D>,
+    ) {
+        match request {
+            // Points already set keep their own reference to the syncobj.
+            wp_linux_drm_syncobj_timeline_v1::Request::Destroy => {}
+            _ => unreachable!("wp_linux_drm_syncobj_timeline_v1 has one request"),
+        }
+    }
+}
+
+/// The validation key of a point: its timeline object (one fence context per import) and value.
+pub(super) fn point_key(point: &SyncobjPoint) -> PointKey {
+    PointKey {
+        timeline: TimelineKey(point.syncobj().context().as_u64()),
+        point: point.point(),
+    }
+}
+
+/// What the pending commit carries, for [`validate_commit`]. Takes the locks of
+/// `SurfaceAttributes` and `DrmSyncobjCachedState` in turn, never both at once.
+pub(super) fn pending_commit(
+    states: &SurfaceData,
+) -> (Attachment, Option<SyncobjPoint>, Option<SyncobjPoint>) {
+    let attachment = {
+        let mut attributes = states.cached_state.get::<SurfaceAttributes>();
+        match &attributes.pending().buffer {
+            None => Attachment::Unchanged,
+            Some(BufferAssignment::Removed) => Attachment::Null,
+            Some(BufferAssignment::NewBuffer(buffer)) => Attachment::Buffer {
+                dmabuf: get_dmabuf(buffer).is_ok(),
+            },
+        }
+    };
+    let mut cached = states.cached_state.get::<DrmSyncobjCachedState>();
+    let pending = cached.pending();
+    (
+        attachment,
+        pending.acquire_point.clone(),
+        pending.release_point.as_ref().map(|r| r.point().clone()),
+    )
+}
+
+/// Pre-commit hook, installed at the first `get_surface` of a wl_surface and kept for its life:
+/// records whether the commit replaces the buffer and, while a syncobj surface object exists,
+/// raises the commit errors of the protocol on it.
+fn commit_hook<D: DrmSyncobjHandler + 'static>(
+    _state: &mut D,
+    _dh: &DisplayHandle,
+    surface: &WlSurface,
+) {
+    with_states(surface, |states| {
+        let (attachment, acquire, release) = pending_commit(states);
+        states
+            .cached_state
+            .get::<DrmSyncobjCachedState>()
+            .pending()
+            .replaces_buffer = attachment != Attachment::Unchanged;
+
+        let object = states
+            .data_map
+            .get::<SurfaceLink>()
+            .and_then(|link| link.object.borrow().clone());
+        let Some(object) = object else {
+            return;
+        };
+        let (acquire, release) = (
+            acquire.as_ref().map(point_key),
+            release.as_ref().map(point_key),
+        );
+        if let Err(error) = validate_commit(attachment, acquire, release) {
+            tracing::debug!(surface = %surface.id(), %error, "linux-drm-syncobj-v1 commit error");
+            object.post_error(error.code(), error_message(error, acquire, release));
+        }
+    });
+}
+
+/// Destruction hook: the surface's pending and current release points are due now. (States
+/// still queued behind a blocker are dropped, and so signalled, with the surface's data.)
+fn destruction_hook<D: DrmSyncobjHandler + 'static>(_state: &mut D, surface: &WlSurface) {
+    let owed = with_states(surface, |states| {
+        let mut cached = states.cached_state.get::<DrmSyncobjCachedState>();
+        let pending = cached.pending().release_point.take();
+        let current = cached.current().release_point.take();
+        cached.pending().acquire_point = None;
+        cached.current().acquire_point = None;
+        [pending, current]
+    });
+    // Signalled outside the surface lock.
+    drop(owed);
+}
