@@ -151,8 +151,26 @@ impl Client {
     pub fn roundtrip(&mut self) -> anyhow::Result<()> {
         match self.queue.roundtrip(&mut self.state) {
             Ok(_) => Ok(()),
-            Err(e) => Err(self.connection_error(e)),
+            Err(e) => {
+                self.read_what_is_left();
+                Err(self.connection_error(e))
+            }
         }
+    }
+
+    /// After a failed write, reads what the server sent before it closed the connection.
+    ///
+    /// A compositor posts a protocol error and then disconnects; if our next request hits the
+    /// closed socket first (ECONNRESET/EPIPE), the error is still sitting unread in it. libwayland
+    /// ignores those write errors for this reason; we read once so the error is not lost.
+    fn read_what_is_left(&mut self) {
+        if self.protocol_error().is_some() {
+            return;
+        }
+        if let Some(guard) = self.queue.prepare_read() {
+            let _ = guard.read();
+        }
+        let _ = self.queue.dispatch_pending(&mut self.state);
     }
 
     /// Dispatch events (blocking on the socket with poll + timeout) until `cond(&self.state)`
