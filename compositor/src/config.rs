@@ -108,9 +108,38 @@ pub struct Config {
     #[arg(long, requires = "screenshot")]
     pub exit_after_screenshot: bool,
 
+    /// How long a commit may wait for a client fence (an acquire point or fence, or a dma-buf's
+    /// implicit write fence) before --fence-timeout-action is taken, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub fence_timeout: u64,
+
+    /// What happens to a client whose fence is still unsignalled after --fence-timeout: `report`
+    /// (log a warning, keep its last content on screen, keep waiting) or `disconnect` it.
+    #[arg(long, value_enum, default_value = "report")]
+    pub fence_timeout_action: FenceTimeoutAction,
+
     /// Client to spawn with WAYLAND_DISPLAY set; fencegate exits with its status when it exits.
     #[arg(last = true, value_name = "CMD ARGS")]
     pub command: Vec<String>,
+}
+
+/// `--fence-timeout-action`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum FenceTimeoutAction {
+    /// Warn once and keep waiting; the surface keeps its last content.
+    #[default]
+    Report,
+    /// Warn and disconnect the client.
+    Disconnect,
+}
+
+impl From<FenceTimeoutAction> for fencegate_protocols::TimeoutAction {
+    fn from(action: FenceTimeoutAction) -> Self {
+        match action {
+            FenceTimeoutAction::Report => fencegate_protocols::TimeoutAction::Report,
+            FenceTimeoutAction::Disconnect => fencegate_protocols::TimeoutAction::Disconnect,
+        }
+    }
 }
 
 fn parse_refresh(s: &str) -> Result<f64, String> {
@@ -126,6 +155,11 @@ impl Config {
     /// The output's frame interval.
     pub fn frame_interval(&self) -> Duration {
         Duration::from_secs_f64(1.0 / self.refresh)
+    }
+
+    /// `--fence-timeout`.
+    pub fn fence_timeout(&self) -> Duration {
+        Duration::from_millis(self.fence_timeout)
     }
 
     /// A config for a headless server, as the tests and tools that embed fencegate want it.

@@ -3,12 +3,30 @@
 //! A calloop timer drives it at the output's refresh rate for every backend, so a client that
 //! never stops committing cannot make the compositor spin, and a quiet output costs one timer
 //! wake-up per frame with no rendering (the damage tracker skips undamaged frames).
+//!
+//! # Release after GPU completion
+//!
+//! A rendered frame's fence (`RenderedFrame::sync`, exported once as a sync_file) is recorded on
+//! the current linux-drm-syncobj-v1 release point of every surface the frame presented
+//! ([`ReleasePoint::sampled_by`]). When the buffer is later replaced, detached or its surface
+//! destroyed, the point is due and its `Drop` imports that fence into it: the kernel signals the
+//! client's release point once the GPU work that last sampled the buffer has completed, with
+//! no CPU wait. A frame with no fence to export (pixman, a skipped frame, a GLES frame finished
+//! with `glFinish`) leaves nothing to wait for: such points are signalled from the CPU at once.
+//!
+//! [`ReleasePoint::sampled_by`]: fencegate_protocols::drm_syncobj::ReleasePoint::sampled_by
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use fence_bridge::{EglFenceError, SyncFile};
+use fencegate_protocols::drm_syncobj::DrmSyncobjCachedState;
 
 use smithay::backend::renderer::element::{
     default_primary_scanout_output_compare, RenderElementStates,
 };
+use smithay::backend::renderer::sync::SyncPoint;
 use smithay::desktop::utils::{
     surface_presentation_feedback_flags_from_states, surface_primary_scanout_output,
     update_surface_primary_scanout_output, OutputPresentationFeedback,
@@ -17,7 +35,7 @@ use smithay::reexports::calloop::timer::{TimeoutAction, Timer};
 use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
 use smithay::utils::{Monotonic, Time};
 use smithay::wayland::presentation::Refresh;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::screenshot::Capture;
 use crate::state::{Core, State};
@@ -56,6 +74,7 @@ impl State {
             Ok(frame) => {
                 if frame.rendered {
                     self.core.frames_rendered += 1;
+                    self.core.mark_sampled_buffers(&frame.sync, &frame.states);
                     self.core
                         .present(&frame.states, now, self.backend.presentation_flags());
                 }
@@ -113,6 +132,32 @@ impl Core {
         );
     }
 
+    /// Records this frame's fence on the current release point of every surface it presented
+    /// (see the [module docs](self)). Only for rendered frames: a skipped frame sampled nothing.
+    fn mark_sampled_buffers(&self, sync: &SyncPoint, states: &RenderElementStates) {
+        let Some(syncobj) = self.drm_syncobj.as_ref() else {
+            return; // no release points exist
+        };
+        let mut fence: Option<Option<Arc<SyncFile>>> = None;
+        for window in self.space.elements() {
+            window.with_surfaces(|surface, data| {
+                if !states.element_was_presented(surface)
+                    || !data.cached_state.has::<DrmSyncobjCachedState>()
+                {
+                    return;
+                }
+                let mut cached = data.cached_state.get::<DrmSyncobjCachedState>();
+                let Some(release) = cached.current().release_point.as_mut() else {
+                    return;
+                };
+                // Exported once per frame, and only when some sampled buffer has a point.
+                let fence = fence.get_or_insert_with(|| frame_fence(sync));
+                release.sampled_by(fence.clone());
+                release.count_into(syncobj.release_counters().clone());
+            });
+        }
+    }
+
     fn send_frame_callbacks(&self, now: Time<Monotonic>) {
         let output = self.output.clone();
         let now: Duration = now.into();
@@ -142,6 +187,25 @@ impl Core {
                     self.request_exit(1, "screenshot failed");
                 }
             }
+        }
+    }
+}
+
+/// The frame's fence as a sync_file to import into release points; `None` when there is nothing
+/// to wait for (no fence: the work is complete) or nothing importable.
+fn frame_fence(sync: &SyncPoint) -> Option<Arc<SyncFile>> {
+    match SyncFile::from_sync_point(sync) {
+        Ok(sync_file) => Some(Arc::new(sync_file)),
+        Err(EglFenceError::NoFence) => None,
+        Err(err) => {
+            // A fence that cannot be exported (EGL_KHR_fence_sync only) or failed to export:
+            // the release points fall back to a CPU signal when due, as in Smithay. Said once.
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                warn!(%err, "render fence not exportable: release points are signalled from the \
+                    CPU when due, which may be before the GPU has finished sampling");
+            }
+            None
         }
     }
 }

@@ -5,6 +5,7 @@ use smithay::backend::allocator::Fourcc;
 use smithay::backend::renderer::damage::OutputDamageTracker;
 use smithay::backend::renderer::element::surface::WaylandSurfaceRenderElement;
 use smithay::backend::renderer::element::RenderElementStates;
+use smithay::backend::renderer::sync::SyncPoint;
 use smithay::backend::renderer::{Color32F, ExportMem, ImportAll, Renderer, Texture};
 use smithay::utils::{Physical, Rectangle};
 
@@ -20,8 +21,13 @@ pub struct RenderedFrame {
     pub rendered: bool,
     /// What changed, where the renderer knows (None: everything).
     pub damage: Option<Vec<Rectangle<i32, Physical>>>,
-    /// Which surfaces ended up on screen and how; feeds presentation feedback.
+    /// Which surfaces ended up on screen and how; feeds presentation feedback and says whose
+    /// buffers this frame sampled.
     pub states: RenderElementStates,
+    /// Where the frame's rendering completes (the renderer's fence; signalled for a skipped
+    /// frame and for renderers that finish before returning, like pixman). Release points of
+    /// the buffers it sampled are signalled after it (see `frame_clock`).
+    pub sync: SyncPoint,
     pub capture: Option<Capture>,
 }
 
@@ -56,6 +62,7 @@ where
     let rendered = result.damage.is_some();
     let damage = result.damage.cloned();
     let states = result.states;
+    let sync = result.sync;
 
     let capture = if capture {
         Some(read_back(renderer, framebuffer, core)?)
@@ -66,6 +73,7 @@ where
         rendered,
         damage,
         states,
+        sync,
         capture,
     })
 }

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use anyhow::{anyhow, bail, Context};
 use fence_bridge::DrmDevice;
 use fencegate_protocols::drm_syncobj::DrmSyncobjState;
+use fencegate_protocols::explicit_sync::ExplicitSyncState;
+use fencegate_protocols::implicit_sync::ImplicitSyncState;
 use smithay::desktop::{PopupManager, Space, WindowSurfaceType};
 use smithay::input::keyboard::XkbConfig;
 use smithay::input::SeatState;
@@ -158,7 +160,22 @@ fn build_state(
     space.map_output(&output, (0, 0));
 
     let dmabuf = create_dmabuf_global(&mut backend, &display_handle);
-    let drm_syncobj = create_drm_syncobj_global(&backend, &display_handle);
+    let mut drm_syncobj = create_drm_syncobj_global(&backend, &display_handle);
+    let mut implicit_sync = ImplicitSyncState::new();
+    implicit_sync.set_timeout(config.fence_timeout());
+    implicit_sync.set_action(config.fence_timeout_action.into());
+    if let Some(syncobj) = drm_syncobj.as_mut() {
+        syncobj.set_acquire_timeout(config.fence_timeout());
+        syncobj.set_timeout_action(config.fence_timeout_action.into());
+    }
+    // Explicit sync with sync_files needs no device, only buffers it applies to: dma-bufs.
+    let explicit_sync = dmabuf.is_some().then(|| {
+        info!("zwp_linux_explicit_synchronization_v1 v2");
+        let mut state = ExplicitSyncState::new::<State>(&display_handle);
+        state.set_acquire_timeout(config.fence_timeout());
+        state.set_timeout_action(config.fence_timeout_action.into());
+        state
+    });
     let core = Core {
         compositor_state: CompositorState::new::<State>(&display_handle),
         xdg_shell_state: XdgShellState::new::<State>(&display_handle),
@@ -170,6 +187,8 @@ fn build_state(
         presentation_state: PresentationState::new::<State>(&display_handle, clock.id() as u32),
         dmabuf,
         drm_syncobj,
+        explicit_sync,
+        implicit_sync,
         space,
         popups: PopupManager::default(),
         seat,

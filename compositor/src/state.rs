@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fencegate_protocols::drm_syncobj::DrmSyncobjState;
+use fencegate_protocols::explicit_sync::ExplicitSyncState;
+use fencegate_protocols::implicit_sync::ImplicitSyncState;
 use smithay::desktop::{PopupManager, Space, Window};
 use smithay::input::{Seat, SeatState};
 use smithay::output::Output;
@@ -53,6 +55,10 @@ pub struct Core {
     pub dmabuf: Option<(DmabufState, DmabufGlobal)>,
     /// linux-drm-syncobj-v1; None where no DRM node has timeline syncobjs (the log says why).
     pub drm_syncobj: Option<DrmSyncobjState>,
+    /// zwp_linux_explicit_synchronization_v1; None where linux-dmabuf is not advertised.
+    pub explicit_sync: Option<ExplicitSyncState>,
+    /// dma-bufs committed without explicit sync: fence timeout, action and statistics.
+    pub implicit_sync: ImplicitSyncState,
 
     // Desktop.
     pub space: Space<Window>,

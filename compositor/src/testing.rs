@@ -15,6 +15,8 @@ use smithay::reexports::calloop::channel::{self, Event, Sender};
 use smithay::utils::{Logical, Rectangle};
 
 pub use fencegate_protocols::drm_syncobj::AcquireStats;
+pub use fencegate_protocols::drm_syncobj::ReleaseStats;
+pub use fencegate_protocols::implicit_sync::ImplicitSyncStats;
 
 use crate::config::Config;
 use crate::screenshot::Capture;
@@ -42,6 +44,17 @@ pub struct Snapshot {
     pub drm_syncobj_global: bool,
     /// How acquire points were waited for (all zero without the global).
     pub acquire: AcquireStats,
+    /// Whether zwp_linux_explicit_synchronization_v1 is advertised.
+    pub explicit_sync_global: bool,
+    /// How its acquire fences were waited for (all zero without the global).
+    pub explicit_acquire: AcquireStats,
+    /// Its release objects whose one event is still owed.
+    pub explicit_releases_owed: usize,
+    /// How release points of buffers a frame sampled were signalled: by importing the frame's
+    /// fence, or from the CPU (all zero without the global).
+    pub release: ReleaseStats,
+    /// How dma-bufs committed without explicit sync were waited for.
+    pub implicit: ImplicitSyncStats,
 }
 
 #[derive(Clone, Debug)]
@@ -249,5 +262,21 @@ fn snapshot(state: &State) -> Snapshot {
             .as_ref()
             .map(|s| s.stats())
             .unwrap_or_default(),
+        release: core
+            .drm_syncobj
+            .as_ref()
+            .map(|s| s.release_stats())
+            .unwrap_or_default(),
+        implicit: core.implicit_sync.stats(),
+        explicit_sync_global: core.explicit_sync.is_some(),
+        explicit_acquire: core
+            .explicit_sync
+            .as_ref()
+            .map(|s| s.stats())
+            .unwrap_or_default(),
+        explicit_releases_owed: core
+            .explicit_sync
+            .as_ref()
+            .map_or(0, |s| s.releases_owed()),
     }
 }

@@ -9,13 +9,23 @@
 //! - [`drm_syncobj`]: linux-drm-syncobj-v1 (timeline acquire and release points), with the
 //!   acquire-point wait every compositor needs shipped as one call.
 //!
-//! Planned: zwp_linux_explicit_synchronization_v1 (sync_file fences, per-commit release),
-//! implicit-to-explicit conversion for dma-bufs committed without explicit sync, linux-dmabuf
-//! v4+ feedback with scanout tranches. The fence model they build on is [`fence_bridge`].
+//! - [`explicit_sync`]: zwp_linux_explicit_synchronization_v1 (sync_file acquire fences, one
+//!   release event per commit), sharing the acquire wait ([`acquire_wait`]) with drm_syncobj.
+//!
+//! - [`implicit_sync`]: dma-bufs committed without explicit sync wait for their implicit write
+//!   fences (exported as sync_files); an acquire fence can be imported into a dma-buf for
+//!   implicit-sync consumers. [`TimeoutAction`] says what every fence wait does at its timeout.
+//!
+//! Planned: linux-dmabuf v4+ feedback with scanout tranches. The fence model they build on is [`fence_bridge`].
 
 #![warn(missing_docs)]
 
+pub mod acquire_wait;
 pub mod drm_syncobj;
+pub mod explicit_sync;
+pub mod implicit_sync;
+
+pub use implicit_sync::TimeoutAction;
 
 pub use fence_bridge;
 

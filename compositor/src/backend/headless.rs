@@ -4,6 +4,15 @@
 //! It renders with GLES on an EGL device that has a DRM render node, else on Mesa's surfaceless
 //! platform (llvmpipe), and falls back to pixman where EGL is not usable at all. The log says
 //! which one is in use.
+//!
+//! # Main device
+//!
+//! On an EGL device the backend knows its DRM render node ([`Headless::render_node`]): the
+//! node whose dma-bufs the renderer imports, so linux-dmabuf gets version 4+ with default
+//! feedback naming it as the main device. In the VM guest that is an EGL device Mesa drives with
+//! its software path (`kms_swrast` + llvmpipe: Mesa reports it as a device with a render node,
+//! not as `EGL_MESA_device_software`), e.g. vgem's render node. On the surfaceless platform
+//! (software, no device) and with pixman there is no node: linux-dmabuf stays version 3.
 
 use anyhow::{anyhow, Context};
 use smithay::backend::allocator::dmabuf::Dmabuf;
@@ -31,6 +40,8 @@ const OUTPUT_FORMAT: Fourcc = Fourcc::Abgr8888;
 
 pub struct Headless {
     renderer: OffscreenRenderer,
+    /// The render node of the EGL device rendering, if it is one (see the module docs).
+    render_node: Option<DrmNode>,
     damage_tracker: OutputDamageTracker,
     size: Size<i32, smithay::utils::Physical>,
 }
@@ -56,9 +67,9 @@ impl Headless {
             None
         } else {
             match init_gles() {
-                Ok((renderer, what)) => {
+                Ok((renderer, what, node)) => {
                     info!("headless: GLES renderer on {what}");
-                    Some(renderer)
+                    Some((renderer, node))
                 }
                 Err(err) => {
                     warn!("headless: no usable EGL ({err:#}); using the pixman renderer");
@@ -66,7 +77,8 @@ impl Headless {
                 }
             }
         };
-        let renderer = match renderer {
+        let render_node = renderer.as_ref().and_then(|(_, node)| *node);
+        let renderer = match renderer.map(|(renderer, _)| renderer) {
             Some(mut renderer) => {
                 let target = renderer
                     .create_buffer(OUTPUT_FORMAT, buffer_size)
@@ -83,6 +95,7 @@ impl Headless {
         };
         Ok(Headless {
             renderer,
+            render_node,
             damage_tracker: OutputDamageTracker::new(size, 1.0, Transform::Normal),
             size,
         })
@@ -90,6 +103,12 @@ impl Headless {
 
     pub fn size(&self) -> Size<i32, smithay::utils::Physical> {
         self.size
+    }
+
+    /// The DRM render node of the EGL device the renderer runs on; None on the surfaceless
+    /// platform and with pixman.
+    pub fn render_node(&self) -> Option<DrmNode> {
+        self.render_node
     }
 
     pub fn renderer_name(&self) -> &'static str {
@@ -161,15 +180,16 @@ where
     render_space(renderer, &mut framebuffer, tracker, 1, core, capture)
 }
 
-/// A GLES renderer on the best EGL display there is, and a description of it for the log.
-fn init_gles() -> anyhow::Result<(GlesRenderer, String)> {
+/// A GLES renderer on the best EGL display there is, a description of it for the log, and the
+/// device's render node (None on the surfaceless platform).
+fn init_gles() -> anyhow::Result<(GlesRenderer, String, Option<DrmNode>)> {
     // A device with a render node is a real (or virtual) GPU; prefer it over software rendering.
     let device = EGLDevice::enumerate().ok().and_then(|mut devices| {
         devices.find(|device| {
             !device.is_software() && device.try_get_render_node().ok().flatten().is_some()
         })
     });
-    let (display, what) = match device {
+    let (display, what, node) = match device {
         Some(device) => {
             let node: Option<DrmNode> = device.try_get_render_node().ok().flatten();
             let what = format!(
@@ -180,16 +200,18 @@ fn init_gles() -> anyhow::Result<(GlesRenderer, String)> {
             (
                 unsafe { EGLDisplay::new(device) }.context("EGL display on the device")?,
                 what,
+                node,
             )
         }
         None => (
             // SAFETY: the surfaceless platform has no native resources to keep alive.
             unsafe { EGLDisplay::new(EGLSurfacelessDisplay) }.context("EGL surfaceless display")?,
             "the surfaceless EGL platform (software)".to_string(),
+            None,
         ),
     };
     let context = EGLContext::new(&display).context("EGL context")?;
     // SAFETY: the context is fresh and only this renderer uses it.
     let renderer = unsafe { GlesRenderer::new(context) }.context("GLES renderer")?;
-    Ok((renderer, what))
+    Ok((renderer, what, node))
 }

@@ -45,7 +45,7 @@ impl Backend {
     /// The render node clients should allocate dma-bufs on, where one is known.
     pub fn render_node(&self) -> Option<DrmNode> {
         match self {
-            Backend::Headless(_) => None,
+            Backend::Headless(headless) => headless.render_node(),
             Backend::Winit(winit) => winit.render_node(),
         }
     }

@@ -1,6 +1,6 @@
 //! wl_compositor, wl_subcompositor, wl_shm and buffer lifetimes.
 
-use fencegate_protocols::drm_syncobj;
+use fencegate_protocols::{drm_syncobj, explicit_sync, implicit_sync};
 use smithay::backend::renderer::utils::on_commit_buffer_handler;
 use smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
@@ -30,6 +30,13 @@ impl CompositorHandler for State {
         self.core.surfaces_alive += 1;
         // Commits with an unsignalled acquire point wait (off the loop) until it signals.
         drm_syncobj::wait_for_acquire_points::<State>(surface, |state| {
+            state.core.loop_handle.clone()
+        });
+        explicit_sync::wait_for_acquire_fences::<State>(surface, |state| {
+            state.core.loop_handle.clone()
+        });
+        // dma-bufs committed without explicit sync wait for their implicit write fences.
+        implicit_sync::wait_for_dmabuf_readiness::<State>(surface, |state| {
             state.core.loop_handle.clone()
         });
     }

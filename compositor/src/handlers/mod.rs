@@ -3,6 +3,8 @@
 mod compositor;
 mod dmabuf;
 mod drm_syncobj;
+mod explicit_sync;
+mod implicit_sync;
 mod output;
 mod seat;
 mod xdg_shell;

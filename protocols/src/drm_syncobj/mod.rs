@@ -39,10 +39,10 @@
 //!   buffer for it, and a point nobody signals can hang the client.
 //! * "Same timeline" (`conflicting_points`) means the same timeline *object*, as in wlroots and
 //!   Smithay.
-//! * The release point is signalled from the CPU when the buffer is replaced or detached (or
-//!   the surface dies). A renderer whose GPU work may still read the buffer then can take the
-//!   point out of [`DrmSyncobjCachedState`] and use [`ReleasePoint::signal_after`] with its
-//!   render fence instead.
+//! * The release point is due when the buffer is replaced or detached (or the surface dies).
+//!   It is then signalled after the render fence of the last frame that sampled the buffer, if
+//!   the renderer recorded one on the surface's current point ([`ReleasePoint::sampled_by`]),
+//!   else from the CPU at once.
 //! * `wl_buffer.release` is undefined under this protocol; Smithay still sends it, which is
 //!   allowed.
 //!
@@ -83,6 +83,7 @@ mod wait;
 
 use std::cell::RefCell;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fence_bridge::{DrmDevice, Syncobj, SyncobjPoint};
@@ -93,7 +94,8 @@ use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_server::{Client, DisplayHandle, GlobalDispatch, Weak};
 use smithay::wayland::compositor::Cacheable;
 
-pub use release::ReleasePoint;
+pub use release::{ReleaseCounters, ReleasePoint, ReleaseStats};
+pub use crate::acquire_wait::AcquireStats;
 pub use wait::{wait_for_acquire_points, DEFAULT_ACQUIRE_TIMEOUT};
 
 /// The protocol version implemented.
@@ -115,7 +117,9 @@ pub struct DrmSyncobjState {
     remove_global: fn(&DisplayHandle, GlobalId),
     import_device: DrmDevice,
     acquire_timeout: Duration,
+    timeout_action: crate::TimeoutAction,
     stats: AcquireStats,
+    release_counters: Arc<ReleaseCounters>,
 }
 
 /// The import device cannot wait for timeline points without a thread, so the global must not
@@ -142,21 +146,6 @@ impl fmt::Display for NoTimelineSupport {
 }
 
 impl std::error::Error for NoTimelineSupport {}
-
-/// How acquire points were waited for, since the state was created.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AcquireStats {
-    /// Commits whose acquire point had signalled at commit time: one query ioctl, nothing else.
-    pub already_signaled: u64,
-    /// Commits held by a blocker until their acquire point signalled.
-    pub blocked: u64,
-    /// Blocked commits that were released (their point signalled).
-    pub released: u64,
-    /// Blocked commits whose point had not signalled within the timeout (each reported once).
-    pub timed_out: u64,
-    /// Blocked commits given up because their surface or client went away first.
-    pub abandoned: u64,
-}
 
 impl DrmSyncobjState {
     /// Creates the `wp_linux_drm_syncobj_manager_v1` global, importing timelines on
@@ -203,7 +192,9 @@ impl DrmSyncobjState {
             remove_global: |display, global| display.remove_global::<D>(global),
             import_device,
             acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
+            timeout_action: crate::TimeoutAction::Report,
             stats: AcquireStats::default(),
+            release_counters: Arc::default(),
         })
     }
 
@@ -229,9 +220,32 @@ impl DrmSyncobjState {
         self.acquire_timeout = timeout;
     }
 
+    /// What happens when an acquire point is still unsignalled after the timeout
+    /// ([`TimeoutAction::Report`](crate::TimeoutAction::Report) unless set).
+    pub fn timeout_action(&self) -> crate::TimeoutAction {
+        self.timeout_action
+    }
+
+    /// Sets the timeout action for commits made from now on.
+    pub fn set_timeout_action(&mut self, action: crate::TimeoutAction) {
+        self.timeout_action = action;
+    }
+
     /// How acquire points were waited for so far.
     pub fn stats(&self) -> AcquireStats {
         self.stats
+    }
+
+    /// How the release points the renderer marked ([`ReleasePoint::sampled_by`] with
+    /// [`ReleasePoint::count_into`] these counters) were signalled so far: after a render fence
+    /// or from the CPU.
+    pub fn release_stats(&self) -> ReleaseStats {
+        self.release_counters.stats()
+    }
+
+    /// The counters for [`ReleasePoint::count_into`].
+    pub fn release_counters(&self) -> &Arc<ReleaseCounters> {
+        &self.release_counters
     }
 }
 

@@ -22,13 +22,23 @@
 //!    surface is destroyed, or at shutdown: dropped, or handed to [`ReleasePoint::signal_after`]
 //!    by a renderer that knows when its GPU work on the buffer ends.
 //!
+//! # Release after GPU completion
+//!
 //! Signalling from the CPU at "due" is what Smithay and most compositors do. It is exact for
-//! pixman and for a renderer that has finished sampling by then; a GPU renderer with work in
-//! flight should pass that work's fence to [`ReleasePoint::signal_after`] instead (the kernel
-//! then signals the point when the GPU is done, without a CPU wait).
+//! pixman and for a renderer that has finished sampling by then, but a GPU renderer may still
+//! have queued work reading the buffer. So a renderer marks the *current* release point of every
+//! surface a frame sampled with that frame's fence ([`ReleasePoint::sampled_by`]; the newest
+//! frame wins, as frames complete in order). When the point becomes due, `Drop` then imports
+//! that fence into the point (`Syncobj::import_sync_file`, through
+//! [`ReleasePoint::signal_after`]): the kernel signals the point when the GPU work that last
+//! sampled the buffer completes, with no CPU wait. A point no frame marked, or marked by a frame
+//! with no exportable fence (already complete: pixman, a `glFinish`ed frame), is signalled from
+//! the CPU at once. Either way exactly once; [`ReleaseStats`] counts which path each took.
 
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use fence_bridge::{SyncFile, SyncobjPoint};
 
@@ -37,12 +47,90 @@ use fence_bridge::{SyncFile, SyncobjPoint};
 #[must_use = "dropping a ReleasePoint signals the client's release point immediately"]
 pub struct ReleasePoint {
     point: Option<SyncobjPoint>,
+    /// The fence of the last frame that sampled the buffer ([`ReleasePoint::sampled_by`]).
+    sampled: Option<Arc<SyncFile>>,
+    /// Where to count how the point was released.
+    counters: Option<Arc<ReleaseCounters>>,
+}
+
+/// How release points were signalled (see [`ReleaseCounters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReleaseStats {
+    /// Signalled by the kernel after a render fence: the fence of the last frame that sampled
+    /// the buffer was imported into the point (it may have been signalled already).
+    pub fence_imported: u64,
+    /// Signalled from the CPU at once: no frame with an exportable fence sampled the buffer, the
+    /// point was signalled explicitly ([`ReleasePoint::signal`]), or an import failed.
+    pub cpu_signaled: u64,
+    /// Fence imports that failed (then signalled from the CPU, so also in `cpu_signaled`).
+    pub import_failed: u64,
+}
+
+/// Shared counters behind [`ReleaseStats`]: a release point counts into the counters attached
+/// to it ([`ReleasePoint::count_into`]) when it is signalled, wherever that happens.
+#[derive(Debug, Default)]
+pub struct ReleaseCounters {
+    fence_imported: AtomicU64,
+    cpu_signaled: AtomicU64,
+    import_failed: AtomicU64,
+}
+
+impl ReleaseCounters {
+    /// The counts so far.
+    pub fn stats(&self) -> ReleaseStats {
+        ReleaseStats {
+            fence_imported: self.fence_imported.load(Ordering::Relaxed),
+            cpu_signaled: self.cpu_signaled.load(Ordering::Relaxed),
+            import_failed: self.import_failed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn count(counters: &Option<Arc<ReleaseCounters>>, what: fn(&ReleaseCounters) -> &AtomicU64) {
+    if let Some(counters) = counters {
+        what(counters).fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 impl ReleasePoint {
     /// Takes on the obligation to signal `point` once.
     pub fn new(point: SyncobjPoint) -> ReleasePoint {
-        ReleasePoint { point: Some(point) }
+        ReleasePoint {
+            point: Some(point),
+            sampled: None,
+            counters: None,
+        }
+    }
+
+    /// Counts this point's release into `counters` (replacing any counters set before).
+    pub fn count_into(&mut self, counters: Arc<ReleaseCounters>) {
+        self.counters = Some(counters);
+    }
+
+    /// Records that a frame sampled the buffer this point belongs to: `fence` is that frame's
+    /// render fence, `None` when the frame's work is known complete (no fence, or not exportable
+    /// and finished). The last call wins: frames complete in submission order, so the newest
+    /// frame's fence covers the older ones.
+    ///
+    /// When the point becomes due ([`Drop`], [`ReleasePoint::release`]) a recorded fence is
+    /// imported into the point; without one the point is signalled from the CPU.
+    pub fn sampled_by(&mut self, fence: Option<Arc<SyncFile>>) {
+        self.sampled = fence;
+    }
+
+    /// The fence recorded by [`ReleasePoint::sampled_by`], if any.
+    pub fn sampled_fence(&self) -> Option<&SyncFile> {
+        self.sampled.as_deref()
+    }
+
+    /// Releases the point now that the compositor will not read the buffer again: after the
+    /// fence of the last frame that sampled it ([`ReleasePoint::sampled_by`]), else from the CPU
+    /// at once. What [`Drop`] does, with the error returned.
+    pub fn release(mut self) -> io::Result<()> {
+        match self.sampled.take() {
+            Some(fence) => self.signal_after(&fence),
+            None => self.signal(),
+        }
     }
 
     /// The point owed.
@@ -52,10 +140,12 @@ impl ReleasePoint {
             .expect("a ReleasePoint holds its point until it is consumed")
     }
 
-    /// Signals the point now, from the CPU (`DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL`). The same as
-    /// dropping it, but says so and returns the error.
+    /// Signals the point now, from the CPU (`DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL`), ignoring any
+    /// fence recorded by [`ReleasePoint::sampled_by`]: for a caller that knows the buffer is no
+    /// longer read. Dropping a point that no frame marked does the same.
     pub fn signal(mut self) -> io::Result<()> {
         let point = self.point.take().expect("not consumed yet");
+        count(&self.counters, |c| &c.cpu_signaled);
         point.signal()
     }
 
@@ -68,10 +158,15 @@ impl ReleasePoint {
     pub fn signal_after(mut self, fence: &SyncFile) -> io::Result<()> {
         let point = self.point.take().expect("not consumed yet");
         match point.syncobj().import_sync_file(point.point(), fence) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                count(&self.counters, |c| &c.fence_imported);
+                Ok(())
+            }
             Err(err) => {
                 tracing::warn!(%err, point = point.point(),
                     "importing a render fence into a release point failed; signalling it now");
+                count(&self.counters, |c| &c.import_failed);
+                count(&self.counters, |c| &c.cpu_signaled);
                 signal_or_log(&point);
                 Err(err)
             }
@@ -95,8 +190,20 @@ fn signal_or_log(point: &SyncobjPoint) {
 
 impl Drop for ReleasePoint {
     fn drop(&mut self) {
-        if let Some(point) = self.point.take() {
-            signal_or_log(&point);
+        if self.point.is_none() {
+            return; // consumed: signalled, or handed over
+        }
+        let point = ReleasePoint {
+            point: self.point.take(),
+            sampled: self.sampled.take(),
+            counters: self.counters.take(),
+        };
+        let cpu = point.sampled.is_none();
+        // An import failure is logged (and falls back to the CPU) inside; log a CPU failure.
+        if let Err(err) = point.release() {
+            if cpu {
+                tracing::error!(%err, "signalling a syncobj release point failed");
+            }
         }
     }
 }
@@ -108,6 +215,7 @@ impl fmt::Debug for ReleasePoint {
                 .debug_struct("ReleasePoint")
                 .field("syncobj", point.syncobj())
                 .field("point", &point.point())
+                .field("sampled", &self.sampled.is_some())
                 .finish(),
             None => f.write_str("ReleasePoint(consumed)"),
         }

@@ -1,0 +1,314 @@
+//! Requests of zwp_linux_explicit_synchronization_v1 and the surface hooks that check commits.
+
+use fence_bridge::SyncFile;
+use smithay::reexports::wayland_protocols::wp::linux_explicit_synchronization::zv1::server::{
+    zwp_linux_buffer_release_v1::{self, ZwpLinuxBufferReleaseV1},
+    zwp_linux_explicit_synchronization_v1::{self, ZwpLinuxExplicitSynchronizationV1},
+    zwp_linux_surface_synchronization_v1::{self, ZwpLinuxSurfaceSynchronizationV1},
+};
+use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
+use smithay::reexports::wayland_server::{
+    Client, DataInit, Dispatch, DisplayHandle, GlobalDispatch, New, Resource,
+};
+use smithay::wayland::compositor::{
+    add_destruction_hook, add_pre_commit_hook, with_states, BufferAssignment, SurfaceAttributes,
+    SurfaceData,
+};
+use smithay::wayland::dmabuf::get_dmabuf;
+
+use super::validation::{
+    validate_commit, validate_get_release, validate_set_acquire_fence, Attachment, RequestError,
+};
+use super::{
+    AcquireFence, BufferRelease, BufferReleaseData, ExplicitSyncCachedState,
+    ExplicitSyncGlobalData, ExplicitSyncHandler, ExplicitSyncState, SurfaceLink, SurfaceSyncData,
+};
+
+impl<D> GlobalDispatch<ZwpLinuxExplicitSynchronizationV1, ExplicitSyncGlobalData, D>
+    for ExplicitSyncState
+where
+    D: Dispatch<ZwpLinuxExplicitSynchronizationV1, ()> + 'static,
+{
+    fn bind(
+        _state: &mut D,
+        _dh: &DisplayHandle,
+        _client: &Client,
+        resource: New<ZwpLinuxExplicitSynchronizationV1>,
+        _global_data: &ExplicitSyncGlobalData,
+        data_init: &mut DataInit<'_, D>,
+    ) {
+        data_init.init(resource, ());
+    }
+
+    fn can_view(client: Client, global_data: &ExplicitSyncGlobalData) -> bool {
+        (global_data.filter)(&client)
+    }
+}
+
+impl<D> Dispatch<ZwpLinuxExplicitSynchronizationV1, (), D> for ExplicitSyncState
+where
+    D: Dispatch<ZwpLinuxSurfaceSynchronizationV1, SurfaceSyncData>
+        + Dispatch<ZwpLinuxBufferReleaseV1, BufferReleaseData>
+        + ExplicitSyncHandler
+        + 'static,
+{
+    fn request(
+        _state: &mut D,
+        _client: &Client,
+        manager: &ZwpLinuxExplicitSynchronizationV1,
+        request: zwp_linux_explicit_synchronization_v1::Request,
+        _data: &(),
+        _dh: &DisplayHandle,
+        data_init: &mut DataInit<'_, D>,
+    ) {
+        use zwp_linux_explicit_synchronization_v1::{Error, Request};
+        match request {
+            Request::GetSynchronization { id, surface } => {
+                let (exists, first_time) = with_states(&surface, |states| {
+                    let first_time = states.data_map.insert_if_missing(SurfaceLink::default);
+                    let link = states.data_map.get::<SurfaceLink>().expect("just inserted");
+                    let exists = link.object.borrow().is_some();
+                    (exists, first_time)
+                });
+                if exists {
+                    manager.post_error(
+                        Error::SynchronizationExists,
+                        format!(
+                            "{} already has a zwp_linux_surface_synchronization_v1",
+                            surface.id()
+                        ),
+                    );
+                    return;
+                }
+                if first_time {
+                    // Once per wl_surface, kept after the synchronization object is destroyed:
+                    // the hook also records buffer changes, which decide when a committed
+                    // release is due even for commits made without the extension.
+                    add_pre_commit_hook::<D, _>(&surface, commit_hook::<D>);
+                    add_destruction_hook::<D, _>(&surface, destruction_hook::<D>);
+                }
+                let object = data_init.init(
+                    id,
+                    SurfaceSyncData {
+                        surface: surface.downgrade(),
+                    },
+                );
+                with_states(&surface, |states| {
+                    let link = states
+                        .data_map
+                        .get::<SurfaceLink>()
+                        .expect("inserted above");
+                    *link.object.borrow_mut() = Some(object);
+                });
+            }
+            Request::Destroy => {}
+            _ => unreachable!("zwp_linux_explicit_synchronization_v1 has two requests"),
+        }
+    }
+}
+
+impl<D> Dispatch<ZwpLinuxSurfaceSynchronizationV1, SurfaceSyncData, D> for ExplicitSyncState
+where
+    D: Dispatch<ZwpLinuxBufferReleaseV1, BufferReleaseData> + ExplicitSyncHandler + 'static,
+{
+    fn request(
+        state: &mut D,
+        _client: &Client,
+        object: &ZwpLinuxSurfaceSynchronizationV1,
+        request: zwp_linux_surface_synchronization_v1::Request,
+        data: &SurfaceSyncData,
+        _dh: &DisplayHandle,
+        data_init: &mut DataInit<'_, D>,
+    ) {
+        use zwp_linux_surface_synchronization_v1::Request;
+        let surface = data.surface();
+        match request {
+            Request::Destroy => {
+                let Some(surface) = surface else {
+                    return;
+                };
+                let discarded = with_states(&surface, |states| {
+                    if let Some(link) = states.data_map.get::<SurfaceLink>() {
+                        *link.object.borrow_mut() = None;
+                    }
+                    // "Any fence set by this object with set_acquire_fence since the last commit
+                    // will be discarded"; a pending release gets immediate_release (as Weston).
+                    let mut cached = states.cached_state.get::<ExplicitSyncCachedState>();
+                    cached.pending().acquire = None;
+                    cached.pending().release.take()
+                });
+                drop(discarded);
+            }
+            Request::SetAcquireFence { fd } => {
+                let fence_pending = surface.as_ref().is_some_and(|surface| {
+                    with_states(surface, |states| {
+                        states
+                            .cached_state
+                            .get::<ExplicitSyncCachedState>()
+                            .pending()
+                            .acquire
+                            .is_some()
+                    })
+                });
+                let sync_file = SyncFile::from_fd(fd);
+                let mut status = None;
+                let checked = validate_set_acquire_fence(surface.is_some(), fence_pending, || {
+                    // One SYNC_IOC_FILE_INFO: is it a sync_file, and has it signalled?
+                    status = sync_file.status().ok();
+                    status.is_some()
+                });
+                if let Err(error) = checked {
+                    post_request_error(object, error, "set_acquire_fence");
+                    return;
+                }
+                let (Some(surface), Some(status)) = (surface, status) else {
+                    unreachable!("validated above");
+                };
+                let acquire = AcquireFence {
+                    fence: sync_file.into_fence(),
+                    signaled_when_set: status.is_signaled(),
+                };
+                with_states(&surface, |states| {
+                    states
+                        .cached_state
+                        .get::<ExplicitSyncCachedState>()
+                        .pending()
+                        .acquire = Some(acquire);
+                });
+            }
+            Request::GetRelease { release } => {
+                let release_pending = surface.as_ref().is_some_and(|surface| {
+                    with_states(surface, |states| {
+                        states
+                            .cached_state
+                            .get::<ExplicitSyncCachedState>()
+                            .pending()
+                            .release
+                            .is_some()
+                    })
+                });
+                // The new_id must be initialised whatever happens next.
+                let release = data_init.init(release, BufferReleaseData::default());
+                if let Err(error) = validate_get_release(surface.is_some(), release_pending) {
+                    post_request_error(object, error, "get_release");
+                    return;
+                }
+                let surface = surface.expect("validated above");
+                if let Some(sync_state) = state.explicit_sync_state() {
+                    sync_state.track(release.clone());
+                }
+                let owed = BufferRelease::new(release);
+                with_states(&surface, |states| {
+                    states
+                        .cached_state
+                        .get::<ExplicitSyncCachedState>()
+                        .pending()
+                        .release = Some(owed);
+                });
+            }
+            _ => unreachable!("zwp_linux_surface_synchronization_v1 has three requests"),
+        }
+    }
+}
+
+fn post_request_error(object: &ZwpLinuxSurfaceSynchronizationV1, error: RequestError, what: &str) {
+    let message = match error {
+        RequestError::InvalidFence => format!("{what}: the fd is not a sync_file"),
+        RequestError::DuplicateFence => {
+            format!("{what}: an acquire fence is already set for this commit")
+        }
+        RequestError::DuplicateRelease => {
+            format!("{what}: a release is already requested for this commit")
+        }
+        RequestError::NoSurface => {
+            format!("{what} on {}, whose wl_surface was destroyed", object.id())
+        }
+    };
+    object.post_error(error.code(), message);
+}
+
+impl<D> Dispatch<ZwpLinuxBufferReleaseV1, BufferReleaseData, D> for ExplicitSyncState
+where
+    D: ExplicitSyncHandler + 'static,
+{
+    fn request(
+        _state: &mut D,
+        _client: &Client,
+        _object: &ZwpLinuxBufferReleaseV1,
+        request: zwp_linux_buffer_release_v1::Request,
+        _data: &BufferReleaseData,
+        _dh: &DisplayHandle,
+        _data_init: &mut DataInit<'_, D>,
+    ) {
+        // zwp_linux_buffer_release_v1 has no requests.
+        let _ = request;
+    }
+}
+
+/// What the pending commit carries, for [`validate_commit`]: (attachment, fence set, release
+/// requested). Takes the locks of `SurfaceAttributes` and `ExplicitSyncCachedState` in turn,
+/// never both at once.
+pub(super) fn pending_commit(states: &SurfaceData) -> (Attachment, bool, bool) {
+    let attachment = {
+        let mut attributes = states.cached_state.get::<SurfaceAttributes>();
+        match &attributes.pending().buffer {
+            None => Attachment::Unchanged,
+            Some(BufferAssignment::Removed) => Attachment::Null,
+            Some(BufferAssignment::NewBuffer(buffer)) => Attachment::Buffer {
+                dmabuf: get_dmabuf(buffer).is_ok(),
+            },
+        }
+    };
+    let mut cached = states.cached_state.get::<ExplicitSyncCachedState>();
+    let pending = cached.pending();
+    (
+        attachment,
+        pending.acquire.is_some(),
+        pending.release.is_some(),
+    )
+}
+
+/// Pre-commit hook, installed at the first `get_synchronization` of a wl_surface and kept for
+/// its life: records whether the commit replaces the buffer and, while a synchronization object
+/// exists, raises the commit errors of the protocol on it.
+fn commit_hook<D: ExplicitSyncHandler + 'static>(
+    _state: &mut D,
+    _dh: &DisplayHandle,
+    surface: &WlSurface,
+) {
+    with_states(surface, |states| {
+        let (attachment, fence, release) = pending_commit(states);
+        states
+            .cached_state
+            .get::<ExplicitSyncCachedState>()
+            .pending()
+            .replaces_buffer = attachment != Attachment::Unchanged;
+
+        let object = states
+            .data_map
+            .get::<SurfaceLink>()
+            .and_then(|link| link.object.borrow().clone());
+        let Some(object) = object else {
+            return;
+        };
+        if let Err(error) = validate_commit(attachment, fence, release) {
+            tracing::debug!(surface = %surface.id(), %error,
+                "zwp_linux_explicit_synchronization_v1 commit error");
+            object.post_error(error.code(), error.to_string());
+        }
+    });
+}
+
+/// Destruction hook: the surface's pending and current releases are due now. (States still
+/// queued behind a blocker are dropped, and so released, with the surface's data.)
+fn destruction_hook<D: ExplicitSyncHandler + 'static>(_state: &mut D, surface: &WlSurface) {
+    let owed = with_states(surface, |states| {
+        let mut cached = states.cached_state.get::<ExplicitSyncCachedState>();
+        let pending = cached.pending().release.take();
+        let current = cached.current().release.take();
+        cached.pending().acquire = None;
+        cached.current().acquire = None;
+        [pending, current]
+    });
+    drop(owed);
+}
