@@ -7,10 +7,10 @@
 //! 1. A protocol's pre-commit hook decides that the pending commit carries a buffer with an
 //!    acquire fence (and passes that protocol's validation), and calls `block_commit_with_action` with
 //!    the fence as a fence_bridge [`Fence`].
-//! 2. [`FenceSource::new`] asks the fence once (one ioctl for a kernel fence). Already
+//! 2. [`FenceSource::new`](fence_bridge::FenceSource::new) asks the fence once (one ioctl for a kernel fence). Already
 //!    signalled means `Ready`: no blocker, no eventfd or poll fd, no loop source; the commit
 //!    applies at once ([`AcquireStats::already_signaled`]).
-//! 3. Otherwise a Smithay [`Barrier`] is added as the commit's blocker and the source goes into
+//! 3. Otherwise a Smithay [`Barrier`](smithay::wayland::compositor::Barrier) is added as the commit's blocker and the source goes into
 //!    the loop. When the fence signals, the callback releases the barrier and calls
 //!    `CompositorClientState::blocker_cleared`, which applies the commit.
 //!
@@ -27,15 +27,16 @@
 //! re-armed each period to notice a surface or client that went away; then the wait is given up
 //! ([`AcquireStats::abandoned`]) and its fd closed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fence_bridge::{Fence, FenceEvent, FenceSource, FenceStatus, WaitMode};
-use smithay::reexports::calloop::LoopHandle;
+use fence_bridge::{Fence, FenceStatus, WaitMode};
+use smithay::reexports::calloop::{self, LoopHandle};
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
-use smithay::reexports::wayland_server::{DisplayHandle, Resource, Weak};
-use smithay::wayland::compositor::{add_blocker, Barrier, CompositorHandler};
+use smithay::reexports::wayland_server::{Client, DisplayHandle, Resource};
+use smithay::wayland::compositor::CompositorHandler;
 
-use crate::implicit_sync::{disconnect_stuck_client, TimeoutAction};
+use crate::commit_blocker::{block_commit, BlockedOn, Counted};
+use crate::implicit_sync::TimeoutAction;
 
 /// How long a commit waits for its acquire point or fence before it is reported.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -84,185 +85,84 @@ pub(crate) fn block_commit_with_action<D>(
 ) where
     D: CompositorHandler + 'static,
 {
-    let source = match FenceSource::new([((), fence.clone())], WaitMode::Any) {
-        Ok(source) => source,
-        Err(_ready) => {
-            if let Some(stats) = stats(state) {
-                stats.already_signaled += 1;
-            }
-            return;
-        }
-    };
-    if let Some(stats) = stats(state) {
-        stats.blocked += 1;
-    }
-    let barrier = Barrier::new(false);
-    add_blocker(surface, barrier.clone());
-    let wait = Wait {
-        barrier: barrier.clone(),
-        surface: surface.downgrade(),
-        dh: dh.clone(),
+    let acquire = AcquireFence {
+        fence,
         what,
-        since: Instant::now(),
-        reported: false,
         stats,
         action,
     };
-    if !insert(
-        loop_handle,
-        source.with_timeout(timeout),
-        fence,
-        timeout,
-        wait,
-    ) {
-        // Still inside the commit: released now, the commit applies as if nothing waited.
-        barrier.signal();
-    }
+    block_commit(state, dh, surface, loop_handle, timeout, acquire);
 }
 
-/// One blocked commit.
-struct Wait<D> {
-    barrier: Barrier,
-    surface: Weak<WlSurface>,
-    dh: DisplayHandle,
+/// One acquire fence (or point) a commit waits for, with the protocol's statistics and the
+/// timeout action in force when it was committed.
+struct AcquireFence<D> {
+    fence: Fence,
     what: What,
-    since: Instant,
-    reported: bool,
     stats: StatsOf<D>,
     action: TimeoutAction,
 }
 
-fn insert<D>(
-    loop_handle: &LoopHandle<'static, D>,
-    source: FenceSource<()>,
-    fence: Fence,
-    timeout: Duration,
-    wait: Wait<D>,
-) -> bool
-where
-    D: CompositorHandler + 'static,
-{
-    let handle = loop_handle.clone();
-    let kind = wait.what.kind;
-    let mut wait = Some(wait);
-    let inserted = loop_handle.insert_source(source, move |event, _, state: &mut D| {
-        // One event per source: a signal or the timeout.
-        let Some(w) = wait.take() else {
+impl<D: 'static> BlockedOn<D> for AcquireFence<D> {
+    type Key = ();
+    const MODE: WaitMode = WaitMode::Any;
+
+    fn fences(&self) -> Vec<((), Fence)> {
+        vec![((), self.fence.clone())]
+    }
+
+    fn count(&self, state: &mut D, step: Counted) {
+        let Some(stats) = (self.stats)(state) else {
             return;
         };
-        match event {
-            FenceEvent::Signaled(signaled) => release(state, w, signaled.status),
-            FenceEvent::AllSignaled(all) => {
-                let status = all.first().map_or(FenceStatus::Signaled, |s| s.status);
-                release(state, w, status)
-            }
-            FenceEvent::TimedOut { .. } => timed_out(state, &handle, fence.clone(), timeout, w),
-        }
-    });
-    match inserted {
-        Ok(_) => true,
-        Err(err) => {
-            // Without a source nothing would release the blocker and the surface would freeze:
-            // the caller releases it. An fd limit or an epoll failure: a bug or an exhausted
-            // process.
-            tracing::error!(error = %err.error, kind,
-                "cannot watch an acquire fence; applying the commit without waiting");
-            false
+        match step {
+            Counted::AlreadySignaled => stats.already_signaled += 1,
+            Counted::Blocked => stats.blocked += 1,
+            Counted::Released => stats.released += 1,
+            Counted::TimedOut => stats.timed_out += 1,
+            Counted::Abandoned => stats.abandoned += 1,
+            Counted::Disconnected => {}
         }
     }
-}
 
-/// The fence signalled: let the commit (and those queued behind it) apply.
-fn release<D>(state: &mut D, wait: Wait<D>, status: FenceStatus)
-where
-    D: CompositorHandler + 'static,
-{
-    wait.barrier.signal();
-    if let Some(stats) = (wait.stats)(state) {
-        stats.released += 1;
+    fn action(&self, _state: &mut D) -> TimeoutAction {
+        self.action
     }
-    if let FenceStatus::Error(error) = status {
-        tracing::debug!(
-            ?error,
-            kind = wait.what.kind,
-            point = wait.what.point,
-            "acquire fence signalled with an error"
-        );
-    }
-    let Ok(surface) = wait.surface.upgrade() else {
-        return; // Smithay cancels the transactions of a dead surface itself
-    };
-    if wait.reported {
-        tracing::info!(surface = %surface.id(), kind = wait.what.kind, point = wait.what.point,
-            after = ?wait.since.elapsed(), "late acquire fence signalled; applying the commit");
-    }
-    let Some(client) = surface.client() else {
-        return;
-    };
-    state
-        .client_compositor_state(&client)
-        .blocker_cleared(state, &wait.dh);
-}
 
-/// The timeout elapsed: report once, give up if the surface is gone, else keep waiting.
-fn timed_out<D>(
-    state: &mut D,
-    loop_handle: &LoopHandle<'static, D>,
-    fence: Fence,
-    timeout: Duration,
-    mut wait: Wait<D>,
-) where
-    D: CompositorHandler + 'static,
-{
-    let alive = wait.surface.upgrade().ok().and_then(|surface| {
-        let client = surface.client()?;
-        Some((surface, client))
-    });
-    let Some((surface, client)) = alive else {
-        if let Some(stats) = (wait.stats)(state) {
-            stats.abandoned += 1;
+    fn stuck(&self) -> String {
+        format!("{} {}", self.what.kind, self.what.point)
+    }
+
+    fn signalled(&self, status: FenceStatus) {
+        if let FenceStatus::Error(error) = status {
+            tracing::debug!(
+                ?error,
+                kind = self.what.kind,
+                point = self.what.point,
+                "acquire fence signalled with an error"
+            );
         }
-        return; // the source is removed: its fd closes
-    };
-    if !wait.reported {
-        wait.reported = true;
-        if let Some(stats) = (wait.stats)(state) {
-            stats.timed_out += 1;
-        }
-        if wait.action == TimeoutAction::Disconnect {
-            let what = format!("{} {}", wait.what.kind, wait.what.point);
-            disconnect_stuck_client(&wait.dh, &client, &surface, wait.since.elapsed(), &what);
-            return; // the source is removed: its fd closes; the client's commits go with it
-        }
-        let pid = client.get_credentials(&wait.dh).map(|c| c.pid).ok();
+    }
+
+    fn log_unwatchable(&self, error: &calloop::Error) {
+        tracing::error!(%error, kind = self.what.kind,
+            "cannot watch an acquire fence; applying the commit without waiting");
+    }
+
+    fn log_late(&self, surface: &WlSurface, after: Duration) {
+        tracing::info!(surface = %surface.id(), kind = self.what.kind, point = self.what.point,
+            ?after, "late acquire fence signalled; applying the commit");
+    }
+
+    fn log_stuck(&self, client: &Client, pid: Option<i32>, surface: &WlSurface, waited: Duration) {
         tracing::warn!(
             client = ?client.id(),
             pid,
             surface = %surface.id(),
-            kind = wait.what.kind,
-            point = wait.what.point,
-            waited = ?wait.since.elapsed(),
+            kind = self.what.kind,
+            point = self.what.point,
+            ?waited,
             "acquire fence has not signalled: the surface keeps its last content until it does"
         );
-    }
-    match FenceSource::new([((), fence.clone())], WaitMode::Any) {
-        Err(_ready) => release(state, wait, FenceStatus::Signaled),
-        Ok(source) => {
-            let fallback = Wait {
-                barrier: wait.barrier.clone(),
-                surface: wait.surface.clone(),
-                dh: wait.dh.clone(),
-                ..wait
-            };
-            if !insert(
-                loop_handle,
-                source.with_timeout(timeout),
-                fence,
-                timeout,
-                wait,
-            ) {
-                release(state, fallback, FenceStatus::Signaled);
-            }
-        }
     }
 }

@@ -19,7 +19,8 @@
 //!    the ioctl.
 //! 3. An idle buffer (every sync_file already signalled) costs one export ioctl per plane: no
 //!    blocker, no eventfd, no loop source ([`ImplicitSyncStats::idle`]).
-//! 4. Otherwise a Smithay [`Barrier`] blocks the commit and a [`FenceSource`] (the sync_files'
+//! 4. Otherwise a Smithay [`Barrier`](smithay::wayland::compositor::Barrier) blocks the commit and a
+//!    [`FenceSource`](fence_bridge::FenceSource) (the sync_files'
 //!    own fds) waits for all of them; when they have signalled the barrier is released and
 //!    `blocker_cleared` applies the commit. Later commits of the surface queue behind it in
 //!    order (Smithay's transaction queue); other surfaces are not held.
@@ -43,20 +44,22 @@
 //! direct-scanout and screencopy paths when they come.
 
 use std::io;
+use std::marker::PhantomData;
 use std::os::fd::BorrowedFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use fence_bridge::{Access, DmaBuf, Fence, FenceEvent, FenceSource, SyncFile, WaitMode};
+use fence_bridge::{Access, DmaBuf, Fence, SyncFile, WaitMode};
 use smithay::backend::allocator::dmabuf::Dmabuf;
-use smithay::reexports::calloop::LoopHandle;
-use smithay::reexports::wayland_server::backend::protocol::ProtocolError;
+use smithay::reexports::calloop::{self, LoopHandle};
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
-use smithay::reexports::wayland_server::{Client, DisplayHandle, Resource, Weak};
+use smithay::reexports::wayland_server::{Client, DisplayHandle, Resource};
 use smithay::wayland::compositor::{
-    add_blocker, add_pre_commit_hook, with_states, Barrier, BufferAssignment, CompositorHandler,
-    SurfaceAttributes, SurfaceData,
+    add_pre_commit_hook, with_states, BufferAssignment, CompositorHandler, SurfaceAttributes,
+    SurfaceData,
 };
 use smithay::wayland::dmabuf::get_dmabuf;
+
+use crate::commit_blocker::{block_commit, BlockedOn, Counted};
 
 use crate::drm_syncobj::DrmSyncobjCachedState;
 use crate::explicit_sync::ExplicitSyncCachedState;
@@ -75,56 +78,6 @@ pub enum TimeoutAction {
     /// Warn, then disconnect the client (a `wl_display.error` of code `implementation`, so the
     /// client learns why). For sessions where one stuck client must not keep a frozen window.
     Disconnect,
-}
-
-/// `wl_display.error.implementation`.
-const WL_DISPLAY_ERROR_IMPLEMENTATION: u32 = 3;
-
-/// Disconnects `client` because `what` has not signalled after `waited`, with a log line that
-/// says so. Shared by every fence wait of this crate.
-pub(crate) fn disconnect_stuck_client(
-    dh: &DisplayHandle,
-    client: &Client,
-    surface: &WlSurface,
-    waited: Duration,
-    what: &str,
-) {
-    let pid = client.get_credentials(dh).map(|c| c.pid).ok();
-    tracing::warn!(
-        client = ?client.id(),
-        pid,
-        surface = %surface.id(),
-        ?waited,
-        "{what} has not signalled within the fence timeout: disconnecting the client \
-         (fence timeout action: disconnect)"
-    );
-    let message = format!(
-        "{what} of {} not signalled after {} ms: disconnected by the compositor",
-        surface.id(),
-        waited.as_millis()
-    );
-    // A wl_display.error on the client's wl_display (object 1): the client learns why. A bare
-    // `Client::kill` closes the socket without sending the error.
-    let display = dh.backend_handle().object_for_protocol_id(
-        client.id(),
-        &smithay::reexports::wayland_server::protocol::__interfaces::WL_DISPLAY_INTERFACE,
-        1,
-    );
-    match (display, std::ffi::CString::new(message.clone())) {
-        (Ok(display), Ok(text)) => {
-            dh.backend_handle()
-                .post_error(display, WL_DISPLAY_ERROR_IMPLEMENTATION, text)
-        }
-        _ => client.kill(
-            dh,
-            ProtocolError {
-                code: WL_DISPLAY_ERROR_IMPLEMENTATION,
-                object_id: 1,
-                object_interface: "wl_display".into(),
-                message,
-            },
-        ),
-    }
 }
 
 /// Implemented by the compositor: where its [`ImplicitSyncState`] is, and which commits are
@@ -283,145 +236,67 @@ pub fn add_readiness_blocker<D>(
     let implicit = state.implicit_sync_state();
     implicit.stats.errors += errors;
     let timeout = implicit.timeout();
-    let source = match FenceSource::new(fences.iter().cloned(), WaitMode::All) {
-        Ok(source) => source,
-        Err(_ready) => {
-            implicit.stats.idle += 1;
-            return;
-        }
-    };
-    implicit.stats.blocked += 1;
-    let barrier = Barrier::new(false);
-    add_blocker(surface, barrier.clone());
-    let wait = Wait {
-        barrier: barrier.clone(),
-        surface: surface.downgrade(),
-        dh: dh.clone(),
+    let planes = DmaBufPlanes {
         fences,
-        since: Instant::now(),
-        reported: false,
+        state: PhantomData,
     };
-    if !insert(loop_handle, source.with_timeout(timeout), timeout, wait) {
-        barrier.signal(); // still inside the commit: it applies as if nothing waited
-    }
+    block_commit(state, dh, surface, loop_handle, timeout, planes);
 }
 
-/// One blocked commit.
-struct Wait {
-    barrier: Barrier,
-    surface: Weak<WlSurface>,
-    dh: DisplayHandle,
+/// The readiness fences of a committed dma-buf's planes, all waited for.
+struct DmaBufPlanes<D> {
     /// Every plane's readiness fence (signalled ones included: a re-armed source skips them).
     fences: Vec<(usize, Fence)>,
-    since: Instant,
-    reported: bool,
+    state: PhantomData<fn(&mut D)>,
 }
 
-fn insert<D>(
-    loop_handle: &LoopHandle<'static, D>,
-    source: FenceSource<usize>,
-    timeout: Duration,
-    wait: Wait,
-) -> bool
-where
-    D: ImplicitSyncHandler + CompositorHandler + 'static,
-{
-    let handle = loop_handle.clone();
-    let mut wait = Some(wait);
-    let inserted = loop_handle.insert_source(source, move |event, _, state: &mut D| {
-        let Some(w) = wait.take() else {
-            return;
-        };
-        match event {
-            FenceEvent::TimedOut { .. } => timed_out(state, &handle, timeout, w),
-            FenceEvent::Signaled(_) | FenceEvent::AllSignaled(_) => release(state, w),
-        }
-    });
-    match inserted {
-        Ok(_) => true,
-        Err(err) => {
-            tracing::error!(error = %err.error,
-                "cannot watch a dma-buf's implicit fences; applying the commit without waiting");
-            false
+impl<D: ImplicitSyncHandler + 'static> BlockedOn<D> for DmaBufPlanes<D> {
+    type Key = usize;
+    const MODE: WaitMode = WaitMode::All;
+
+    fn fences(&self) -> Vec<(usize, Fence)> {
+        self.fences.clone()
+    }
+
+    fn count(&self, state: &mut D, step: Counted) {
+        let stats = &mut state.implicit_sync_state().stats;
+        match step {
+            Counted::AlreadySignaled => stats.idle += 1,
+            Counted::Blocked => stats.blocked += 1,
+            Counted::Released => stats.released += 1,
+            Counted::TimedOut => stats.timed_out += 1,
+            Counted::Disconnected => stats.disconnected += 1,
+            Counted::Abandoned => stats.abandoned += 1,
         }
     }
-}
 
-fn release<D>(state: &mut D, wait: Wait)
-where
-    D: ImplicitSyncHandler + CompositorHandler + 'static,
-{
-    wait.barrier.signal();
-    state.implicit_sync_state().stats.released += 1;
-    let Ok(surface) = wait.surface.upgrade() else {
-        return;
-    };
-    if wait.reported {
-        tracing::info!(surface = %surface.id(), after = ?wait.since.elapsed(),
+    /// Read at the timeout: the action in force then.
+    fn action(&self, state: &mut D) -> TimeoutAction {
+        state.implicit_sync_state().action
+    }
+
+    fn stuck(&self) -> String {
+        "a dma-buf's implicit write fence".to_string()
+    }
+
+    fn log_unwatchable(&self, error: &calloop::Error) {
+        tracing::error!(%error,
+            "cannot watch a dma-buf's implicit fences; applying the commit without waiting");
+    }
+
+    fn log_late(&self, surface: &WlSurface, after: Duration) {
+        tracing::info!(surface = %surface.id(), ?after,
             "late dma-buf write fence signalled; applying the commit");
     }
-    let Some(client) = surface.client() else {
-        return;
-    };
-    state
-        .client_compositor_state(&client)
-        .blocker_cleared(state, &wait.dh);
-}
 
-fn timed_out<D>(
-    state: &mut D,
-    loop_handle: &LoopHandle<'static, D>,
-    timeout: Duration,
-    mut wait: Wait,
-) where
-    D: ImplicitSyncHandler + CompositorHandler + 'static,
-{
-    let alive = wait.surface.upgrade().ok().and_then(|surface| {
-        let client = surface.client()?;
-        Some((surface, client))
-    });
-    let Some((surface, client)) = alive else {
-        state.implicit_sync_state().stats.abandoned += 1;
-        return;
-    };
-    let implicit = state.implicit_sync_state();
-    if !wait.reported {
-        wait.reported = true;
-        implicit.stats.timed_out += 1;
-        if implicit.action == TimeoutAction::Disconnect {
-            implicit.stats.disconnected += 1;
-            disconnect_stuck_client(
-                &wait.dh,
-                &client,
-                &surface,
-                wait.since.elapsed(),
-                "a dma-buf's implicit write fence",
-            );
-            return; // the source goes: its fds close; Smithay drops the client's transactions
-        }
-        let pid = client.get_credentials(&wait.dh).map(|c| c.pid).ok();
+    fn log_stuck(&self, client: &Client, pid: Option<i32>, surface: &WlSurface, waited: Duration) {
         tracing::warn!(
             client = ?client.id(),
             pid,
             surface = %surface.id(),
-            waited = ?wait.since.elapsed(),
+            ?waited,
             "dma-buf write fence has not signalled: the surface keeps its last content until it does"
         );
-    }
-    match FenceSource::new(wait.fences.iter().cloned(), WaitMode::All) {
-        Err(_ready) => release(state, wait),
-        Ok(source) => {
-            let fallback = Wait {
-                barrier: wait.barrier.clone(),
-                surface: wait.surface.clone(),
-                dh: wait.dh.clone(),
-                fences: Vec::new(),
-                ..wait
-            };
-            if !insert(loop_handle, source.with_timeout(timeout), timeout, wait) {
-                release(state, fallback);
-            }
-        }
     }
 }
 

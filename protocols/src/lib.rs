@@ -21,9 +21,12 @@
 #![warn(missing_docs)]
 
 pub mod acquire_wait;
+mod attachment;
+mod commit_blocker;
 pub mod drm_syncobj;
 pub mod explicit_sync;
 pub mod implicit_sync;
+mod surface_link;
 
 pub use implicit_sync::TimeoutAction;
 

@@ -13,15 +13,16 @@ use smithay::reexports::wayland_server::{
     Client, DataInit, Dispatch, DisplayHandle, GlobalDispatch, New, Resource,
 };
 use smithay::wayland::compositor::{
-    add_destruction_hook, add_pre_commit_hook, with_states, BufferAssignment, SurfaceAttributes,
-    SurfaceData,
+    add_destruction_hook, add_pre_commit_hook, with_states, SurfaceData,
 };
-use smithay::wayland::dmabuf::get_dmabuf;
+
+use crate::attachment::pending_attachment;
+use crate::surface_link;
 
 use super::validation::{error_message, validate_commit, Attachment, PointKey, TimelineKey};
 use super::{
     DrmSyncobjCachedState, DrmSyncobjGlobalData, DrmSyncobjHandler, DrmSyncobjState,
-    DrmSyncobjSurfaceData, DrmSyncobjTimelineData, ReleasePoint, SurfaceLink,
+    DrmSyncobjSurfaceData, DrmSyncobjTimelineData, ReleasePoint,
 };
 
 impl<D> GlobalDispatch<WpLinuxDrmSyncobjManagerV1, DrmSyncobjGlobalData, D> for DrmSyncobjState
@@ -63,13 +64,15 @@ where
         use wp_linux_drm_syncobj_manager_v1::{Error, Request};
         match request {
             Request::GetSurface { id, surface } => {
-                let (exists, first_time) = with_states(&surface, |states| {
-                    let first_time = states.data_map.insert_if_missing(SurfaceLink::default);
-                    let link = states.data_map.get::<SurfaceLink>().expect("just inserted");
-                    let exists = link.object.borrow().is_some();
-                    (exists, first_time)
-                });
-                if exists {
+                let claimed =
+                    surface_link::claim::<WpLinuxDrmSyncobjSurfaceV1>(&surface, |surface| {
+                        // Once per wl_surface, kept after the syncobj surface is destroyed: the
+                        // hook also records buffer changes, which decide when a committed release
+                        // point is due even for commits made without the extension.
+                        add_pre_commit_hook::<D, _>(surface, commit_hook::<D>);
+                        add_destruction_hook::<D, _>(surface, destruction_hook::<D>);
+                    });
+                if claimed.is_err() {
                     manager.post_error(
                         Error::SurfaceExists,
                         format!(
@@ -79,26 +82,13 @@ where
                     );
                     return;
                 }
-                if first_time {
-                    // Once per wl_surface, kept after the syncobj surface is destroyed: the
-                    // hook also records buffer changes, which decide when a committed release
-                    // point is due even for commits made without the extension.
-                    add_pre_commit_hook::<D, _>(&surface, commit_hook::<D>);
-                    add_destruction_hook::<D, _>(&surface, destruction_hook::<D>);
-                }
                 let object = data_init.init(
                     id,
                     DrmSyncobjSurfaceData {
                         surface: surface.downgrade(),
                     },
                 );
-                with_states(&surface, |states| {
-                    let link = states
-                        .data_map
-                        .get::<SurfaceLink>()
-                        .expect("inserted above");
-                    *link.object.borrow_mut() = Some(object);
-                });
+                surface_link::link(&surface, object);
             }
             Request::ImportTimeline { id, fd } => {
                 let Some(syncobj_state) = state.drm_syncobj_state() else {
@@ -144,9 +134,7 @@ where
                     return;
                 };
                 with_states(&surface, |states| {
-                    if let Some(link) = states.data_map.get::<SurfaceLink>() {
-                        *link.object.borrow_mut() = None;
-                    }
+                    surface_link::unlink::<WpLinuxDrmSyncobjSurfaceV1>(states);
                     // "Any timeline point set by this object since the last commit may be
                     // discarded": the pending release point is dropped, so signalled.
                     let mut cached = states.cached_state.get::<DrmSyncobjCachedState>();
@@ -248,16 +236,7 @@ pub(super) fn point_key(point: &SyncobjPoint) -> PointKey {
 pub(super) fn pending_commit(
     states: &SurfaceData,
 ) -> (Attachment, Option<SyncobjPoint>, Option<SyncobjPoint>) {
-    let attachment = {
-        let mut attributes = states.cached_state.get::<SurfaceAttributes>();
-        match &attributes.pending().buffer {
-            None => Attachment::Unchanged,
-            Some(BufferAssignment::Removed) => Attachment::Null,
-            Some(BufferAssignment::NewBuffer(buffer)) => Attachment::Buffer {
-                dmabuf: get_dmabuf(buffer).is_ok(),
-            },
-        }
-    };
+    let attachment = pending_attachment(states);
     let mut cached = states.cached_state.get::<DrmSyncobjCachedState>();
     let pending = cached.pending();
     (
@@ -281,12 +260,9 @@ fn commit_hook<D: DrmSyncobjHandler + 'static>(
             .cached_state
             .get::<DrmSyncobjCachedState>()
             .pending()
-            .replaces_buffer = attachment != Attachment::Unchanged;
+            .replaces_buffer = attachment.replaces_buffer();
 
-        let object = states
-            .data_map
-            .get::<SurfaceLink>()
-            .and_then(|link| link.object.borrow().clone());
+        let object = surface_link::linked::<WpLinuxDrmSyncobjSurfaceV1>(states);
         let Some(object) = object else {
             return;
         };

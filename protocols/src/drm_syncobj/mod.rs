@@ -81,21 +81,19 @@ mod release;
 pub mod validation;
 mod wait;
 
-use std::cell::RefCell;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fence_bridge::{DrmDevice, Syncobj, SyncobjPoint};
 use smithay::reexports::wayland_protocols::wp::linux_drm_syncobj::v1::server::wp_linux_drm_syncobj_manager_v1::WpLinuxDrmSyncobjManagerV1;
-use smithay::reexports::wayland_protocols::wp::linux_drm_syncobj::v1::server::wp_linux_drm_syncobj_surface_v1::WpLinuxDrmSyncobjSurfaceV1;
 use smithay::reexports::wayland_server::backend::GlobalId;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_server::{Client, DisplayHandle, GlobalDispatch, Weak};
 use smithay::wayland::compositor::Cacheable;
 
-pub use release::{ReleaseCounters, ReleasePoint, ReleaseStats};
 pub use crate::acquire_wait::AcquireStats;
+pub use release::{ReleaseCounters, ReleasePoint, ReleaseStats};
 pub use wait::{wait_for_acquire_points, DEFAULT_ACQUIRE_TIMEOUT};
 
 /// The protocol version implemented.
@@ -340,13 +338,6 @@ impl Cacheable for DrmSyncobjCachedState {
         // Otherwise validation has made sure there are no points in `self` (a commit that
         // broke the rules has its points dropped, and signalled, here).
     }
-}
-
-/// Per-wl_surface bookkeeping in its data map: the live syncobj surface object, if any.
-/// Present from the first `get_surface` on; its presence means the hooks are installed.
-#[derive(Default)]
-struct SurfaceLink {
-    object: RefCell<Option<WpLinuxDrmSyncobjSurfaceV1>>,
 }
 
 /// Delegates linux-drm-syncobj-v1 to [`DrmSyncobjState`] (Smithay 0.7 style): implement

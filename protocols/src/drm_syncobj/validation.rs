@@ -33,20 +33,7 @@
 
 use std::fmt;
 
-/// What a commit did to the surface's buffer (`wl_surface.attach` since the previous commit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Attachment {
-    /// No `wl_surface.attach` in this commit: the surface keeps its buffer.
-    Unchanged,
-    /// `wl_surface.attach(NULL)`: the surface's content is removed.
-    Null,
-    /// A non-null buffer; `dmabuf` tells whether it is a linux-dmabuf buffer (the only kind
-    /// explicit sync is defined for here).
-    Buffer {
-        /// Whether the buffer was created through linux-dmabuf.
-        dmabuf: bool,
-    },
-}
+pub use crate::attachment::Attachment;
 
 /// Identifies one `wp_linux_drm_syncobj_timeline_v1` object (fencegate uses the fence context
 /// of the imported [`fence_bridge::Syncobj`], unique per import).

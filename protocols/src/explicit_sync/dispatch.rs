@@ -11,17 +11,18 @@ use smithay::reexports::wayland_server::{
     Client, DataInit, Dispatch, DisplayHandle, GlobalDispatch, New, Resource,
 };
 use smithay::wayland::compositor::{
-    add_destruction_hook, add_pre_commit_hook, with_states, BufferAssignment, SurfaceAttributes,
-    SurfaceData,
+    add_destruction_hook, add_pre_commit_hook, with_states, SurfaceData,
 };
-use smithay::wayland::dmabuf::get_dmabuf;
+
+use crate::attachment::pending_attachment;
+use crate::surface_link;
 
 use super::validation::{
     validate_commit, validate_get_release, validate_set_acquire_fence, Attachment, RequestError,
 };
 use super::{
     AcquireFence, BufferRelease, BufferReleaseData, ExplicitSyncCachedState,
-    ExplicitSyncGlobalData, ExplicitSyncHandler, ExplicitSyncState, SurfaceLink, SurfaceSyncData,
+    ExplicitSyncGlobalData, ExplicitSyncHandler, ExplicitSyncState, SurfaceSyncData,
 };
 
 impl<D> GlobalDispatch<ZwpLinuxExplicitSynchronizationV1, ExplicitSyncGlobalData, D>
@@ -64,13 +65,15 @@ where
         use zwp_linux_explicit_synchronization_v1::{Error, Request};
         match request {
             Request::GetSynchronization { id, surface } => {
-                let (exists, first_time) = with_states(&surface, |states| {
-                    let first_time = states.data_map.insert_if_missing(SurfaceLink::default);
-                    let link = states.data_map.get::<SurfaceLink>().expect("just inserted");
-                    let exists = link.object.borrow().is_some();
-                    (exists, first_time)
-                });
-                if exists {
+                let claimed =
+                    surface_link::claim::<ZwpLinuxSurfaceSynchronizationV1>(&surface, |surface| {
+                        // Once per wl_surface, kept after the synchronization object is destroyed:
+                        // the hook also records buffer changes, which decide when a committed
+                        // release is due even for commits made without the extension.
+                        add_pre_commit_hook::<D, _>(surface, commit_hook::<D>);
+                        add_destruction_hook::<D, _>(surface, destruction_hook::<D>);
+                    });
+                if claimed.is_err() {
                     manager.post_error(
                         Error::SynchronizationExists,
                         format!(
@@ -80,26 +83,13 @@ where
                     );
                     return;
                 }
-                if first_time {
-                    // Once per wl_surface, kept after the synchronization object is destroyed:
-                    // the hook also records buffer changes, which decide when a committed
-                    // release is due even for commits made without the extension.
-                    add_pre_commit_hook::<D, _>(&surface, commit_hook::<D>);
-                    add_destruction_hook::<D, _>(&surface, destruction_hook::<D>);
-                }
                 let object = data_init.init(
                     id,
                     SurfaceSyncData {
                         surface: surface.downgrade(),
                     },
                 );
-                with_states(&surface, |states| {
-                    let link = states
-                        .data_map
-                        .get::<SurfaceLink>()
-                        .expect("inserted above");
-                    *link.object.borrow_mut() = Some(object);
-                });
+                surface_link::link(&surface, object);
             }
             Request::Destroy => {}
             _ => unreachable!("zwp_linux_explicit_synchronization_v1 has two requests"),
@@ -128,9 +118,7 @@ where
                     return;
                 };
                 let discarded = with_states(&surface, |states| {
-                    if let Some(link) = states.data_map.get::<SurfaceLink>() {
-                        *link.object.borrow_mut() = None;
-                    }
+                    surface_link::unlink::<ZwpLinuxSurfaceSynchronizationV1>(states);
                     // "Any fence set by this object with set_acquire_fence since the last commit
                     // will be discarded"; a pending release gets immediate_release (as Weston).
                     let mut cached = states.cached_state.get::<ExplicitSyncCachedState>();
@@ -249,16 +237,7 @@ where
 /// requested). Takes the locks of `SurfaceAttributes` and `ExplicitSyncCachedState` in turn,
 /// never both at once.
 pub(super) fn pending_commit(states: &SurfaceData) -> (Attachment, bool, bool) {
-    let attachment = {
-        let mut attributes = states.cached_state.get::<SurfaceAttributes>();
-        match &attributes.pending().buffer {
-            None => Attachment::Unchanged,
-            Some(BufferAssignment::Removed) => Attachment::Null,
-            Some(BufferAssignment::NewBuffer(buffer)) => Attachment::Buffer {
-                dmabuf: get_dmabuf(buffer).is_ok(),
-            },
-        }
-    };
+    let attachment = pending_attachment(states);
     let mut cached = states.cached_state.get::<ExplicitSyncCachedState>();
     let pending = cached.pending();
     (
@@ -282,12 +261,9 @@ fn commit_hook<D: ExplicitSyncHandler + 'static>(
             .cached_state
             .get::<ExplicitSyncCachedState>()
             .pending()
-            .replaces_buffer = attachment != Attachment::Unchanged;
+            .replaces_buffer = attachment.replaces_buffer();
 
-        let object = states
-            .data_map
-            .get::<SurfaceLink>()
-            .and_then(|link| link.object.borrow().clone());
+        let object = surface_link::linked::<ZwpLinuxSurfaceSynchronizationV1>(states);
         let Some(object) = object else {
             return;
         };

@@ -77,14 +77,12 @@ mod release;
 pub mod validation;
 mod wait;
 
-use std::cell::RefCell;
 use std::fmt;
 use std::time::Duration;
 
 use fence_bridge::Fence;
 use smithay::reexports::wayland_protocols::wp::linux_explicit_synchronization::zv1::server::zwp_linux_buffer_release_v1::ZwpLinuxBufferReleaseV1;
 use smithay::reexports::wayland_protocols::wp::linux_explicit_synchronization::zv1::server::zwp_linux_explicit_synchronization_v1::ZwpLinuxExplicitSynchronizationV1;
-use smithay::reexports::wayland_protocols::wp::linux_explicit_synchronization::zv1::server::zwp_linux_surface_synchronization_v1::ZwpLinuxSurfaceSynchronizationV1;
 use smithay::reexports::wayland_server::backend::GlobalId;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_server::{Client, DisplayHandle, GlobalDispatch, Resource, Weak};
@@ -314,13 +312,6 @@ impl Cacheable for ExplicitSyncCachedState {
         // Otherwise validation has made sure there is no fence or release in `self` (a commit
         // that broke the rules has its release dropped, and released, here).
     }
-}
-
-/// Per-wl_surface bookkeeping in its data map: the live synchronization object, if any.
-/// Present from the first `get_synchronization` on; its presence means the hooks are installed.
-#[derive(Default)]
-struct SurfaceLink {
-    object: RefCell<Option<ZwpLinuxSurfaceSynchronizationV1>>,
 }
 
 /// Delegates zwp_linux_explicit_synchronization_v1 to [`ExplicitSyncState`] (Smithay 0.7

@@ -30,7 +30,7 @@
 
 use std::fmt;
 
-pub use crate::drm_syncobj::validation::Attachment;
+pub use crate::attachment::Attachment;
 
 /// What a commit that passed validation means for explicit sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,0 +1,267 @@
+//! A commit held by a Smithay blocker until its fences signal, with the timeout that reports
+//! (or disconnects) a client whose fence is stuck: the machinery shared by the acquire wait of
+//! the explicit-sync protocols ([`crate::acquire_wait`]) and the dma-buf readiness wait of
+//! [`crate::implicit_sync`].
+//!
+//! [`block_commit`] asks the fences once. Already signalled: nothing else (no blocker, no poll
+//! fd, no loop source). Otherwise a [`Barrier`] blocks the commit and a [`FenceSource`] waits in
+//! the loop; when it fires the barrier is released and `blocker_cleared` applies the commit. At
+//! each timeout the wait reports once (or disconnects the client, per [`TimeoutAction`]), gives
+//! up if its surface or client went away, else re-arms. What is waited for, where it is counted
+//! and how it is logged is the [`BlockedOn`] of the caller.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use fence_bridge::{Fence, FenceEvent, FenceSource, FenceStatus, WaitMode};
+use smithay::reexports::calloop::{self, LoopHandle};
+use smithay::reexports::wayland_server::backend::protocol::ProtocolError;
+use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
+use smithay::reexports::wayland_server::{Client, DisplayHandle, Resource, Weak};
+use smithay::wayland::compositor::{add_blocker, Barrier, CompositorHandler};
+
+use crate::implicit_sync::TimeoutAction;
+
+/// A step of a blocked commit's life, for the caller's statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Counted {
+    /// Every fence had signalled at commit time: no blocker.
+    AlreadySignaled,
+    /// The commit is held by a blocker.
+    Blocked,
+    /// The fences signalled and the commit was released.
+    Released,
+    /// The timeout elapsed (counted once per commit).
+    TimedOut,
+    /// The client was disconnected ([`TimeoutAction::Disconnect`]).
+    Disconnected,
+    /// The surface or client went away first: the wait was given up.
+    Abandoned,
+}
+
+/// What one blocked commit waits for, where it counts, and its log lines.
+pub(crate) trait BlockedOn<D>: 'static {
+    /// The key of each fence in the [`FenceSource`].
+    type Key: 'static;
+    /// Whether any fence (`Any`) or every fence (`All`) must signal.
+    const MODE: WaitMode;
+    /// The fences, asked at commit time and again at each re-arm.
+    fn fences(&self) -> Vec<(Self::Key, Fence)>;
+    /// Counts `step` in the caller's statistics.
+    fn count(&self, state: &mut D, step: Counted);
+    /// What happens at the timeout.
+    fn action(&self, state: &mut D) -> TimeoutAction;
+    /// What a disconnected client is told has not signalled.
+    fn stuck(&self) -> String;
+    /// The fences signalled (with `status` for a single fence: the first one).
+    fn signalled(&self, _status: FenceStatus) {}
+    /// The source could not be inserted: the commit applies without waiting.
+    fn log_unwatchable(&self, error: &calloop::Error);
+    /// The fences signalled after the timeout report.
+    fn log_late(&self, surface: &WlSurface, after: Duration);
+    /// The timeout report.
+    fn log_stuck(&self, client: &Client, pid: Option<i32>, surface: &WlSurface, waited: Duration);
+}
+
+/// Blocks the pending commit of `surface` until `what`'s fences signal (see the
+/// [module docs](self)), re-armed every `timeout`.
+pub(crate) fn block_commit<D, W>(
+    state: &mut D,
+    dh: &DisplayHandle,
+    surface: &WlSurface,
+    loop_handle: &LoopHandle<'static, D>,
+    timeout: Duration,
+    what: W,
+) where
+    D: CompositorHandler + 'static,
+    W: BlockedOn<D>,
+{
+    let source = match FenceSource::new(what.fences(), W::MODE) {
+        Ok(source) => source,
+        Err(_ready) => {
+            what.count(state, Counted::AlreadySignaled);
+            return;
+        }
+    };
+    what.count(state, Counted::Blocked);
+    let barrier = Barrier::new(false);
+    add_blocker(surface, barrier.clone());
+    let wait = Wait {
+        barrier,
+        surface: surface.downgrade(),
+        dh: dh.clone(),
+        since: Instant::now(),
+        reported: false,
+        what,
+    };
+    if let Err(wait) = insert(loop_handle, source.with_timeout(timeout), timeout, wait) {
+        // Still inside the commit: released now, the commit applies as if nothing waited.
+        wait.barrier.signal();
+    }
+}
+
+/// One blocked commit.
+struct Wait<W> {
+    barrier: Barrier,
+    surface: Weak<WlSurface>,
+    dh: DisplayHandle,
+    since: Instant,
+    reported: bool,
+    what: W,
+}
+
+/// Puts the source into the loop; gives the wait back if that fails (without a source nothing
+/// would release the blocker and the surface would freeze: the caller releases it).
+fn insert<D, W>(
+    loop_handle: &LoopHandle<'static, D>,
+    source: FenceSource<W::Key>,
+    timeout: Duration,
+    wait: Wait<W>,
+) -> Result<(), Wait<W>>
+where
+    D: CompositorHandler + 'static,
+    W: BlockedOn<D>,
+{
+    let handle = loop_handle.clone();
+    let slot = Rc::new(RefCell::new(Some(wait)));
+    let in_source = Rc::clone(&slot);
+    let inserted = loop_handle.insert_source(source, move |event, _, state: &mut D| {
+        // One event per source: a signal or the timeout.
+        let Some(w) = in_source.borrow_mut().take() else {
+            return;
+        };
+        match event {
+            FenceEvent::Signaled(signaled) => release(state, w, signaled.status),
+            FenceEvent::AllSignaled(all) => {
+                let status = all.first().map_or(FenceStatus::Signaled, |s| s.status);
+                release(state, w, status)
+            }
+            FenceEvent::TimedOut { .. } => timed_out(state, &handle, timeout, w),
+        }
+    });
+    match inserted {
+        Ok(_) => Ok(()),
+        Err(err) => {
+            let wait = slot.borrow_mut().take().expect("the source never ran");
+            // An fd limit or an epoll failure: a bug or an exhausted process.
+            wait.what.log_unwatchable(&err.error);
+            Err(wait)
+        }
+    }
+}
+
+/// The fences signalled: let the commit (and those queued behind it) apply.
+fn release<D, W>(state: &mut D, wait: Wait<W>, status: FenceStatus)
+where
+    D: CompositorHandler + 'static,
+    W: BlockedOn<D>,
+{
+    wait.barrier.signal();
+    wait.what.count(state, Counted::Released);
+    wait.what.signalled(status);
+    let Ok(surface) = wait.surface.upgrade() else {
+        return; // Smithay cancels the transactions of a dead surface itself
+    };
+    if wait.reported {
+        wait.what.log_late(&surface, wait.since.elapsed());
+    }
+    let Some(client) = surface.client() else {
+        return;
+    };
+    state
+        .client_compositor_state(&client)
+        .blocker_cleared(state, &wait.dh);
+}
+
+/// The timeout elapsed: report once (or disconnect), give up if the surface is gone, else keep
+/// waiting.
+fn timed_out<D, W>(
+    state: &mut D,
+    loop_handle: &LoopHandle<'static, D>,
+    timeout: Duration,
+    mut wait: Wait<W>,
+) where
+    D: CompositorHandler + 'static,
+    W: BlockedOn<D>,
+{
+    let alive = wait.surface.upgrade().ok().and_then(|surface| {
+        let client = surface.client()?;
+        Some((surface, client))
+    });
+    let Some((surface, client)) = alive else {
+        wait.what.count(state, Counted::Abandoned);
+        return; // the source is removed: its fds close
+    };
+    if !wait.reported {
+        wait.reported = true;
+        wait.what.count(state, Counted::TimedOut);
+        if wait.what.action(state) == TimeoutAction::Disconnect {
+            wait.what.count(state, Counted::Disconnected);
+            let what = wait.what.stuck();
+            disconnect_stuck_client(&wait.dh, &client, &surface, wait.since.elapsed(), &what);
+            return; // the source is removed: its fds close; the client's commits go with it
+        }
+        let pid = client.get_credentials(&wait.dh).map(|c| c.pid).ok();
+        wait.what
+            .log_stuck(&client, pid, &surface, wait.since.elapsed());
+    }
+    match FenceSource::new(wait.what.fences(), W::MODE) {
+        Err(_ready) => release(state, wait, FenceStatus::Signaled),
+        Ok(source) => {
+            if let Err(wait) = insert(loop_handle, source.with_timeout(timeout), timeout, wait) {
+                release(state, wait, FenceStatus::Signaled);
+            }
+        }
+    }
+}
+
+/// `wl_display.error.implementation`.
+const WL_DISPLAY_ERROR_IMPLEMENTATION: u32 = 3;
+
+/// Disconnects `client` because `what` has not signalled after `waited`, with a log line that
+/// says so. Shared by every fence wait of this crate.
+fn disconnect_stuck_client(
+    dh: &DisplayHandle,
+    client: &Client,
+    surface: &WlSurface,
+    waited: Duration,
+    what: &str,
+) {
+    let pid = client.get_credentials(dh).map(|c| c.pid).ok();
+    tracing::warn!(
+        client = ?client.id(),
+        pid,
+        surface = %surface.id(),
+        ?waited,
+        "{what} has not signalled within the fence timeout: disconnecting the client \
+         (fence timeout action: disconnect)"
+    );
+    let message = format!(
+        "{what} of {} not signalled after {} ms: disconnected by the compositor",
+        surface.id(),
+        waited.as_millis()
+    );
+    // A wl_display.error on the client's wl_display (object 1): the client learns why. A bare
+    // `Client::kill` closes the socket without sending the error.
+    let display = dh.backend_handle().object_for_protocol_id(
+        client.id(),
+        &smithay::reexports::wayland_server::protocol::__interfaces::WL_DISPLAY_INTERFACE,
+        1,
+    );
+    match (display, std::ffi::CString::new(message.clone())) {
+        (Ok(display), Ok(text)) => {
+            dh.backend_handle()
+                .post_error(display, WL_DISPLAY_ERROR_IMPLEMENTATION, text)
+        }
+        _ => client.kill(
+            dh,
+            ProtocolError {
+                code: WL_DISPLAY_ERROR_IMPLEMENTATION,
+                object_id: 1,
+                object_interface: "wl_display".into(),
+                message,
+            },
+        ),
+    }
+}
