@@ -14,21 +14,15 @@
 mod common;
 
 use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{find_color, find_drm_node, require_device, rgb};
-use drm::buffer::{Buffer as _, DrmFourcc};
-use drm::control::Device as _;
-use fence_bridge::{DrmDevice, Syncobj};
-use fencegate::testing::{Snapshot, TestServer};
-use fencegate::Config;
+use common::dmabuf::{bind_linux_dmabuf, commit_buffer, dmabuf_buffer, SIZE};
+use common::protocol_errors::{expect_error, others_carry_on};
+use common::syncobj::{assert_not_released, assert_released, timeline};
+use common::test_server::{bare_surface, client_with_global, configured_window, headless_server};
+use common::{find_color, rgb, vgem_card, virtio_gpu_render};
+use fencegate::testing::TestServer;
 use fencegate_clients::{Client, IgnoreEvents};
-use wayland_client::protocol::wl_buffer::WlBuffer;
-use wayland_client::protocol::wl_surface::WlSurface;
-use wayland_protocols::wp::linux_dmabuf::zv1::client::zwp_linux_buffer_params_v1::{
-    self, ZwpLinuxBufferParamsV1,
-};
-use wayland_protocols::wp::linux_dmabuf::zv1::client::zwp_linux_dmabuf_v1::ZwpLinuxDmabufV1;
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_manager_v1::WpLinuxDrmSyncobjManagerV1;
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_surface_v1::WpLinuxDrmSyncobjSurfaceV1;
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_timeline_v1::WpLinuxDrmSyncobjTimelineV1;
@@ -37,51 +31,9 @@ const T: Duration = Duration::from_secs(30);
 const MANAGER: &str = "wp_linux_drm_syncobj_manager_v1";
 const SURFACE: &str = "wp_linux_drm_syncobj_surface_v1";
 
-/// The virtio-gpu render node: where the test (as the "client GPU") creates its timelines.
-fn virtio_render() -> Option<DrmDevice> {
-    require_device("virtio_gpu renderD* node under /dev/dri", || {
-        find_drm_node("renderD", "virtio_gpu")
-    })
-}
-
-fn server() -> TestServer {
-    let mut config = Config::headless();
-    config.size = "96x64".parse().unwrap();
-    TestServer::start(config).expect("the test server starts")
-}
-
 /// A client with the manager bound.
 fn syncobj_client(server: &TestServer) -> (Client, WpLinuxDrmSyncobjManagerV1) {
-    let client = Client::connect_to(server.socket_str()).unwrap();
-    assert!(
-        client.state.has_global(MANAGER),
-        "the compositor advertises {MANAGER}"
-    );
-    let manager = client
-        .bind_global::<WpLinuxDrmSyncobjManagerV1, _>(1, IgnoreEvents)
-        .unwrap();
-    (client, manager)
-}
-
-/// A new timeline syncobj on `device`, imported into the compositor by `client`.
-fn timeline(
-    client: &Client,
-    manager: &WpLinuxDrmSyncobjManagerV1,
-    device: &DrmDevice,
-) -> (Syncobj, WpLinuxDrmSyncobjTimelineV1) {
-    let syncobj = Syncobj::create(device).expect("DRM_IOCTL_SYNCOBJ_CREATE");
-    let fd = syncobj.export().expect("DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD");
-    let object = manager.import_timeline(fd.as_fd(), client.qh(), IgnoreEvents);
-    (syncobj, object)
-}
-
-fn bare_surface(client: &Client) -> WlSurface {
-    client
-        .state
-        .compositor
-        .as_ref()
-        .expect("wl_compositor")
-        .create_surface(client.qh(), IgnoreEvents)
+    client_with_global(server, 1)
 }
 
 fn set_points(
@@ -97,36 +49,12 @@ fn set_points(
     }
 }
 
-/// The protocol error `client` got: (code, interface).
-#[track_caller]
-fn expect_error(client: &mut Client, code: u32, interface: &str) {
-    let result = client.roundtrip();
-    let error = client
-        .protocol_error()
-        .unwrap_or_else(|| panic!("expected protocol error {code} on {interface}, got {result:?}"));
-    assert_eq!(
-        (error.code, error.object_interface.as_str()),
-        (code, interface),
-        "{}",
-        error.message
-    );
-}
-
-/// The bystander still gets answers, and so do the test's questions to the server.
-#[track_caller]
-fn others_carry_on(server: &TestServer, bystander: &mut Client) -> Snapshot {
-    bystander
-        .roundtrip()
-        .expect("a bystander client is unaffected");
-    server.snapshot().expect("the compositor still answers")
-}
-
 #[test]
 fn every_protocol_error_reaches_its_client_and_the_others_carry_on() {
-    let Some(device) = virtio_render() else {
+    let Some(device) = virtio_gpu_render() else {
         return;
     };
-    let server = server();
+    let server = headless_server();
     let snapshot = server.snapshot().unwrap();
     assert!(snapshot.drm_syncobj_global, "{snapshot:?}");
 
@@ -220,9 +148,7 @@ fn every_protocol_error_reaches_its_client_and_the_others_carry_on() {
         let (mut client, manager) = syncobj_client(&server);
         let (_a, acquire) = timeline(&client, &manager, &device);
         let (_r, release) = timeline(&client, &manager, &device);
-        let w = client.create_window("bad", "test.bad");
-        client.wait_configured(w, T).unwrap();
-        let surface = client.state.windows[w.0].surface.clone();
+        let (w, surface) = configured_window(&mut client, "bad", "test.bad", T);
         let sync = manager.get_surface(&surface, client.qh(), IgnoreEvents);
         let release_tl = if same_timeline { &acquire } else { &release };
         set_points(
@@ -248,100 +174,18 @@ fn every_protocol_error_reaches_its_client_and_the_others_carry_on() {
 
 // --- dma-buf buffers from vgem -------------------------------------------------------------
 
-/// A linear XRGB8888 dumb buffer on vgem, filled with one colour, as a dma-buf `wl_buffer`.
-struct DmabufBuffer {
-    buffer: WlBuffer,
-    _dmabuf: std::os::fd::OwnedFd,
-}
-
-const SIZE: u32 = 16;
-
-fn dmabuf_buffer(
-    client: &mut Client,
-    linux_dmabuf: &ZwpLinuxDmabufV1,
-    vgem: &DrmDevice,
-    xrgb: u32,
-) -> DmabufBuffer {
-    let mut dumb = vgem
-        .create_dumb_buffer((SIZE, SIZE), DrmFourcc::Xrgb8888, 32)
-        .expect("DRM_IOCTL_MODE_CREATE_DUMB on vgem");
-    let pitch = dumb.pitch();
-    {
-        let mut map = vgem
-            .map_dumb_buffer(&mut dumb)
-            .expect("mapping the dumb buffer");
-        for row in map.as_mut().chunks_mut(pitch as usize) {
-            for px in row[..(SIZE * 4) as usize].chunks_mut(4) {
-                px.copy_from_slice(&xrgb.to_le_bytes());
-            }
-        }
-    }
-    let dmabuf = vgem
-        .buffer_to_prime_fd(dumb.handle(), drm::CLOEXEC | drm::RDWR)
-        .expect("DRM_IOCTL_PRIME_HANDLE_TO_FD");
-    let params: ZwpLinuxBufferParamsV1 = linux_dmabuf.create_params(client.qh(), IgnoreEvents);
-    params.add(dmabuf.as_fd(), 0, 0, pitch, 0, 0); // DRM_FORMAT_MOD_LINEAR
-    let buffer = params.create_immed(
-        SIZE as i32,
-        SIZE as i32,
-        DrmFourcc::Xrgb8888 as u32,
-        zwp_linux_buffer_params_v1::Flags::empty(),
-        client.qh(),
-        IgnoreEvents,
-    );
-    params.destroy();
-    client
-        .roundtrip()
-        .expect("the compositor imports a linear XRGB8888 dma-buf");
-    // The GEM handle can go: the dma-buf keeps the memory.
-    let _ = vgem.destroy_dumb_buffer(dumb);
-    DmabufBuffer {
-        buffer,
-        _dmabuf: dmabuf,
-    }
-}
-
-fn commit_buffer(surface: &WlSurface, buffer: &DmabufBuffer) {
-    surface.attach(Some(&buffer.buffer), 0, 0);
-    surface.damage_buffer(0, 0, SIZE as i32, SIZE as i32);
-    surface.commit();
-}
-
-#[track_caller]
-fn assert_released(syncobj: &Syncobj, point: u64, what: &str) {
-    let deadline = Instant::now() + T;
-    while syncobj.query().unwrap() < point {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: release point {point} never signalled"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-#[track_caller]
-fn assert_not_released(syncobj: &Syncobj, what: &str) {
-    assert_eq!(syncobj.query().unwrap(), 0, "{what}: released too early");
-}
-
 #[test]
 fn dmabuf_commits_wait_for_acquire_points_in_order_and_release_what_they_replace() {
-    let Some(device) = virtio_render() else {
+    let Some(device) = virtio_gpu_render() else {
         return;
     };
-    let Some(vgem) = require_device("vgem card node under /dev/dri", || {
-        find_drm_node("card", "vgem")
-    }) else {
+    let Some(vgem) = vgem_card() else {
         return;
     };
-    let server = server();
+    let server = headless_server();
     let (mut client, manager) = syncobj_client(&server);
-    let linux_dmabuf = client
-        .bind_global::<ZwpLinuxDmabufV1, _>(3, IgnoreEvents)
-        .expect("linux-dmabuf is advertised");
-    let w = client.create_window("explicit", "test.explicit");
-    client.wait_configured(w, T).unwrap();
-    let surface = client.state.windows[w.0].surface.clone();
+    let linux_dmabuf = bind_linux_dmabuf(&client);
+    let (w, surface) = configured_window(&mut client, "explicit", "test.explicit", T);
     let sync = manager.get_surface(&surface, client.qh(), IgnoreEvents);
 
     let (acquire, acquire_tl) = timeline(&client, &manager, &device);
@@ -355,7 +199,7 @@ fn dmabuf_commits_wait_for_acquire_points_in_order_and_release_what_they_replace
 
     // 1. Acquire point 1 not signalled (not even submitted): the commit is held, nothing shows.
     set_points(&sync, Some((&acquire_tl, 1)), Some((&releases[0].1, 1)));
-    commit_buffer(&surface, &red);
+    commit_buffer(&surface, &red.buffer);
     client.roundtrip().unwrap();
     let s = server.snapshot().unwrap();
     assert_eq!((s.acquire.blocked, s.windows_with_content), (1, 0), "{s:?}");
@@ -378,7 +222,7 @@ fn dmabuf_commits_wait_for_acquire_points_in_order_and_release_what_they_replace
     // 2. Acquire point already signalled: no blocker at all; the red buffer's release is due.
     acquire.signal_point(2).unwrap();
     set_points(&sync, Some((&acquire_tl, 2)), Some((&releases[1].1, 1)));
-    commit_buffer(&surface, &blue);
+    commit_buffer(&surface, &blue.buffer);
     client.roundtrip().unwrap();
     let s = server.snapshot().unwrap();
     assert_eq!(
@@ -392,10 +236,10 @@ fn dmabuf_commits_wait_for_acquire_points_in_order_and_release_what_they_replace
     // 3. A held commit (point 3, unsignalled) and a later one whose point has signalled: the
     //    later one queues behind, so nothing is released yet — even after the report timeout.
     set_points(&sync, Some((&acquire_tl, 3)), Some((&releases[2].1, 1)));
-    commit_buffer(&surface, &red);
+    commit_buffer(&surface, &red.buffer);
     early.signal_point(1).unwrap();
     set_points(&sync, Some((&early_tl, 1)), Some((&releases[3].1, 1)));
-    commit_buffer(&surface, &blue);
+    commit_buffer(&surface, &blue.buffer);
     client.roundtrip().unwrap();
     let s = server
         .wait_for("the acquire timeout report", T, |s| {

@@ -13,193 +13,39 @@
 
 mod common;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
-use common::{find_color, find_drm_node, require_device, rgb};
-use drm::buffer::{Buffer as _, DrmFourcc};
-use drm::control::dumbbuffer::DumbBuffer;
-use drm::control::Device as _;
-use fence_bridge::{Access, DmaBuf, DrmDevice};
+use common::dmabuf::{bind_linux_dmabuf, commit_buffer, Bo, SIZE};
+use common::protocol_errors::expect_error;
+use common::test_server::{configured_window, headless_server_with_args};
+use common::vgem_fence::VgemFence;
+use common::{find_color, rgb, vgem_card};
+use fence_bridge::{Access, DmaBuf};
 use fencegate::testing::TestServer;
 use fencegate::Config;
-use fencegate_clients::{Client, IgnoreEvents};
+use fencegate_clients::Client;
 use smithay::backend::allocator::dmabuf::{Dmabuf, DmabufFlags};
 use smithay::backend::allocator::{Fourcc, Modifier};
-use wayland_client::protocol::wl_buffer::WlBuffer;
 use wayland_client::protocol::wl_surface::WlSurface;
-use wayland_protocols::wp::linux_dmabuf::zv1::client::zwp_linux_buffer_params_v1::{
-    self, ZwpLinuxBufferParamsV1,
-};
 use wayland_protocols::wp::linux_dmabuf::zv1::client::zwp_linux_dmabuf_v1::ZwpLinuxDmabufV1;
 
 const T: Duration = Duration::from_secs(30);
-const SIZE: u32 = 16;
-
-// --- vgem fences (include/uapi/drm/vgem_drm.h) --------------------------------------------
-
-/// `DRM_IOCTL_VGEM_FENCE_ATTACH`: `_IOWR('d', 0x41, struct drm_vgem_fence_attach)` (16 bytes).
-const VGEM_FENCE_ATTACH: libc::c_ulong = 0xc010_6441;
-/// `DRM_IOCTL_VGEM_FENCE_SIGNAL`: `_IOW('d', 0x42, struct drm_vgem_fence_signal)` (8 bytes).
-const VGEM_FENCE_SIGNAL: libc::c_ulong = 0x4008_6442;
-const VGEM_FENCE_WRITE: u32 = 0x1;
-
-#[repr(C)]
-struct FenceAttach {
-    handle: u32,
-    flags: u32,
-    out_fence: u32,
-    pad: u32,
-}
-
-#[repr(C)]
-struct FenceSignal {
-    fence: u32,
-    flags: u32,
-}
-
-fn vgem() -> Option<DrmDevice> {
-    require_device("vgem card node under /dev/dri", || {
-        find_drm_node("card", "vgem")
-    })
-}
-
-/// A pending vgem fence, signalled on drop if the test did not (vgem would after ~10 s).
-struct VgemFence<'v> {
-    vgem: &'v DrmDevice,
-    id: Option<u32>,
-}
-
-impl<'v> VgemFence<'v> {
-    fn attach(vgem: &'v DrmDevice, handle: u32, write: bool) -> Self {
-        let mut arg = FenceAttach {
-            handle,
-            flags: if write { VGEM_FENCE_WRITE } else { 0 },
-            out_fence: 0,
-            pad: 0,
-        };
-        // SAFETY: the ioctl takes a `struct drm_vgem_fence_attach *`; FenceAttach is its layout.
-        let ret = unsafe { libc::ioctl(vgem.as_fd().as_raw_fd(), VGEM_FENCE_ATTACH, &mut arg) };
-        assert_eq!(
-            ret,
-            0,
-            "VGEM_FENCE_ATTACH: {}",
-            std::io::Error::last_os_error()
-        );
-        VgemFence {
-            vgem,
-            id: Some(arg.out_fence),
-        }
-    }
-
-    fn signal(&mut self) {
-        let id = self.id.take().expect("signalled once");
-        let mut arg = FenceSignal {
-            fence: id,
-            flags: 0,
-        };
-        // SAFETY: the ioctl takes a `struct drm_vgem_fence_signal *`; FenceSignal is its layout.
-        let ret =
-            unsafe { libc::ioctl(self.vgem.as_fd().as_raw_fd(), VGEM_FENCE_SIGNAL, &mut arg) };
-        assert_eq!(
-            ret,
-            0,
-            "VGEM_FENCE_SIGNAL: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
-
-impl Drop for VgemFence<'_> {
-    fn drop(&mut self) {
-        if self.id.is_some() {
-            self.signal();
-        }
-    }
-}
-
-/// A linear XRGB8888 dumb buffer on vgem filled with one colour; its GEM handle stays open so
-/// that fences can be attached to it.
-struct Bo {
-    dumb: DumbBuffer,
-    dmabuf: OwnedFd,
-}
-
-impl Bo {
-    fn new(vgem: &DrmDevice, xrgb: u32) -> Bo {
-        let mut dumb = vgem
-            .create_dumb_buffer((SIZE, SIZE), DrmFourcc::Xrgb8888, 32)
-            .expect("DRM_IOCTL_MODE_CREATE_DUMB on vgem");
-        let pitch = dumb.pitch();
-        {
-            let mut map = vgem.map_dumb_buffer(&mut dumb).expect("mapping");
-            for row in map.as_mut().chunks_mut(pitch as usize) {
-                for px in row[..(SIZE * 4) as usize].chunks_mut(4) {
-                    px.copy_from_slice(&xrgb.to_le_bytes());
-                }
-            }
-        }
-        let dmabuf = vgem
-            .buffer_to_prime_fd(dumb.handle(), drm::CLOEXEC | drm::RDWR)
-            .expect("DRM_IOCTL_PRIME_HANDLE_TO_FD");
-        Bo { dumb, dmabuf }
-    }
-
-    fn handle(&self) -> u32 {
-        u32::from(self.dumb.handle())
-    }
-
-    /// The BO as a dma-buf `wl_buffer` of `client`.
-    fn wl_buffer(&self, client: &mut Client, linux_dmabuf: &ZwpLinuxDmabufV1) -> WlBuffer {
-        let params: ZwpLinuxBufferParamsV1 = linux_dmabuf.create_params(client.qh(), IgnoreEvents);
-        params.add(self.dmabuf.as_fd(), 0, 0, self.dumb.pitch(), 0, 0); // DRM_FORMAT_MOD_LINEAR
-        let buffer = params.create_immed(
-            SIZE as i32,
-            SIZE as i32,
-            DrmFourcc::Xrgb8888 as u32,
-            zwp_linux_buffer_params_v1::Flags::empty(),
-            client.qh(),
-            IgnoreEvents,
-        );
-        params.destroy();
-        client
-            .roundtrip()
-            .expect("the compositor imports the dma-buf");
-        buffer
-    }
-}
-
-fn server(extra: &[&str]) -> TestServer {
-    use clap::Parser as _;
-    let mut args = vec!["fencegate", "--backend", "headless", "--size", "96x64"];
-    args.extend_from_slice(extra);
-    TestServer::start(Config::parse_from(args)).expect("the test server starts")
-}
 
 /// A client with a configured window: (client, linux-dmabuf, window surface).
 fn dmabuf_client(server: &TestServer, title: &str) -> (Client, ZwpLinuxDmabufV1, WlSurface) {
     let mut client = Client::connect_to(server.socket_str()).unwrap();
-    let linux_dmabuf = client
-        .bind_global::<ZwpLinuxDmabufV1, _>(3, IgnoreEvents)
-        .expect("linux-dmabuf is advertised");
-    let w = client.create_window(title, "test.implicit");
-    client.wait_configured(w, T).unwrap();
-    let surface = client.state.windows[w.0].surface.clone();
+    let linux_dmabuf = bind_linux_dmabuf(&client);
+    let (_, surface) = configured_window(&mut client, title, "test.implicit", T);
     (client, linux_dmabuf, surface)
-}
-
-fn commit(surface: &WlSurface, buffer: &WlBuffer) {
-    surface.attach(Some(buffer), 0, 0);
-    surface.damage_buffer(0, 0, SIZE as i32, SIZE as i32);
-    surface.commit();
 }
 
 #[test]
 fn a_dmabuf_with_a_pending_write_fence_is_shown_only_once_it_signals() {
-    let Some(vgem) = vgem() else {
+    let Some(vgem) = vgem_card() else {
         return;
     };
-    let server = server(&[]);
+    let server = headless_server_with_args(&[]);
     let mut bystander = Client::connect_to(server.socket_str()).unwrap();
     let b = bystander.create_window("bystander", "test.bystander");
     bystander.wait_configured(b, T).unwrap();
@@ -218,7 +64,7 @@ fn a_dmabuf_with_a_pending_write_fence_is_shown_only_once_it_signals() {
     // 1. The client's GPU is still writing the red buffer: the commit is held.
     let mut fence = VgemFence::attach(&vgem, red.handle(), true);
     let held_since = Instant::now();
-    commit(&surface, &red_buffer);
+    commit_buffer(&surface, &red_buffer);
     client.roundtrip().unwrap();
     let s = server.snapshot().unwrap();
     assert_eq!((s.implicit.blocked, s.implicit.idle), (1, 0), "{s:?}");
@@ -266,7 +112,7 @@ fn a_dmabuf_with_a_pending_write_fence_is_shown_only_once_it_signals() {
     );
 
     // 3. An idle buffer: shown at once, no blocker.
-    commit(&surface, &blue_buffer);
+    commit_buffer(&surface, &blue_buffer);
     client.roundtrip().unwrap();
     let s = server.snapshot().unwrap();
     assert_eq!((s.implicit.blocked, s.implicit.idle), (1, 1), "{s:?}");
@@ -291,10 +137,10 @@ fn a_dmabuf_with_a_pending_write_fence_is_shown_only_once_it_signals() {
 
 #[test]
 fn disconnect_action_disconnects_only_the_stuck_client() {
-    let Some(vgem) = vgem() else {
+    let Some(vgem) = vgem_card() else {
         return;
     };
-    let server = server(&[
+    let server = headless_server_with_args(&[
         "--fence-timeout",
         "300",
         "--fence-timeout-action",
@@ -308,7 +154,7 @@ fn disconnect_action_disconnects_only_the_stuck_client() {
     let red = Bo::new(&vgem, 0x00ff0000);
     let red_buffer = red.wl_buffer(&mut client, &linux_dmabuf);
     let _fence = VgemFence::attach(&vgem, red.handle(), true);
-    commit(&surface, &red_buffer);
+    commit_buffer(&surface, &red_buffer);
     client.roundtrip().unwrap();
 
     let s = server
@@ -322,13 +168,7 @@ fn disconnect_action_disconnects_only_the_stuck_client() {
 
     // The stuck client sees its connection closed, with the reason.
     assert!(client.roundtrip().is_err(), "the connection is closed");
-    let error = client.protocol_error().expect("a wl_display error");
-    assert_eq!(
-        (error.code, error.object_interface.as_str()),
-        (3, "wl_display"),
-        "{}",
-        error.message
-    );
+    expect_error(&mut client, 3, "wl_display");
 
     // The other client carries on.
     bystander.draw_solid(b, 16, 16, 0xff00ff00).unwrap();
@@ -340,7 +180,7 @@ fn disconnect_action_disconnects_only_the_stuck_client() {
 
 #[test]
 fn an_acquire_fence_imported_into_a_dmabuf_holds_its_readers_and_keeps_other_fences() {
-    let Some(vgem) = vgem() else {
+    let Some(vgem) = vgem_card() else {
         return;
     };
     // The "client GPU" work: a pending write fence on another BO, as a sync_file.
@@ -368,12 +208,7 @@ fn an_acquire_fence_imported_into_a_dmabuf_holds_its_readers_and_keeps_other_fen
             Modifier::Linear,
             DmabufFlags::empty(),
         );
-        builder.add_plane(
-            target.dmabuf.try_clone().unwrap(),
-            0,
-            0,
-            target.dumb.pitch(),
-        );
+        builder.add_plane(target.dmabuf.try_clone().unwrap(), 0, 0, target.pitch());
         builder.build().expect("a one-plane dma-buf")
     };
     fencegate_protocols::implicit_sync::export_acquire_to_dmabuf(&buffer, &acquire)

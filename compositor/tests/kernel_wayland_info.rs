@@ -13,40 +13,18 @@
 
 mod common;
 
-use std::os::fd::AsFd;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{find_color, find_drm_node, require_device, rgb};
-use drm::buffer::{Buffer as _, DrmFourcc};
-use drm::control::Device as _;
-use fence_bridge::{DrmDevice, Syncobj};
-use fencegate::testing::TestServer;
-use fencegate::Config;
+use common::dmabuf::{bind_linux_dmabuf, commit_buffer, dmabuf_buffer};
+use common::syncobj::{assert_released, timeline};
+use common::test_server::{configured_window, headless_server};
+use common::{find_color, require_device, rgb, vgem_card, virtio_gpu_render};
+use fence_bridge::Syncobj;
 use fencegate_clients::{Client, IgnoreEvents};
-use wayland_client::protocol::wl_buffer::WlBuffer;
-use wayland_client::protocol::wl_surface::WlSurface;
-use wayland_protocols::wp::linux_dmabuf::zv1::client::zwp_linux_buffer_params_v1::{
-    self, ZwpLinuxBufferParamsV1,
-};
-use wayland_protocols::wp::linux_dmabuf::zv1::client::zwp_linux_dmabuf_v1::ZwpLinuxDmabufV1;
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_manager_v1::WpLinuxDrmSyncobjManagerV1;
-use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_timeline_v1::WpLinuxDrmSyncobjTimelineV1;
 
 const T: Duration = Duration::from_secs(30);
-
-/// The virtio-gpu render node: where the syncobj global lives and the test makes timelines.
-fn virtio_render() -> Option<DrmDevice> {
-    require_device("virtio_gpu renderD* node under /dev/dri", || {
-        find_drm_node("renderD", "virtio_gpu")
-    })
-}
-
-fn server() -> TestServer {
-    let mut config = Config::headless();
-    config.size = "96x64".parse().unwrap();
-    TestServer::start(config).expect("the test server starts")
-}
 
 /// `interface: 'NAME', version: N, name: M` lines of wayland-info: (interface, version).
 fn globals(output: &str) -> Vec<(String, u32)> {
@@ -74,7 +52,7 @@ fn section<'a>(output: &'a str, interface: &str) -> Vec<&'a str> {
 
 #[test]
 fn wayland_info_lists_syncobj_and_dmabuf_feedback() {
-    let Some(_device) = virtio_render() else {
+    let Some(_device) = virtio_gpu_render() else {
         return;
     };
     let Some(wayland_info) = require_device("wayland-info (Debian wayland-utils)", || {
@@ -84,7 +62,7 @@ fn wayland_info_lists_syncobj_and_dmabuf_feedback() {
     }) else {
         return;
     };
-    let server = server();
+    let server = headless_server();
     let output = Command::new(wayland_info)
         .env("WAYLAND_DISPLAY", server.socket_str())
         .env_remove("WAYLAND_SOCKET")
@@ -141,70 +119,9 @@ fn wayland_info_lists_syncobj_and_dmabuf_feedback() {
 
 // --- release after GPU completion ----------------------------------------------------------
 
-const SIZE: u32 = 16;
-
-/// A linear XRGB8888 dumb buffer on vgem, filled with one colour, as a dma-buf `wl_buffer`.
-fn dmabuf_buffer(
-    client: &mut Client,
-    linux_dmabuf: &ZwpLinuxDmabufV1,
-    vgem: &DrmDevice,
-    xrgb: u32,
-) -> (WlBuffer, std::os::fd::OwnedFd) {
-    let mut dumb = vgem
-        .create_dumb_buffer((SIZE, SIZE), DrmFourcc::Xrgb8888, 32)
-        .expect("DRM_IOCTL_MODE_CREATE_DUMB on vgem");
-    let pitch = dumb.pitch();
-    {
-        let mut map = vgem.map_dumb_buffer(&mut dumb).expect("mapping it");
-        for row in map.as_mut().chunks_mut(pitch as usize) {
-            for px in row[..(SIZE * 4) as usize].chunks_mut(4) {
-                px.copy_from_slice(&xrgb.to_le_bytes());
-            }
-        }
-    }
-    let dmabuf = vgem
-        .buffer_to_prime_fd(dumb.handle(), drm::CLOEXEC | drm::RDWR)
-        .expect("DRM_IOCTL_PRIME_HANDLE_TO_FD");
-    let params: ZwpLinuxBufferParamsV1 = linux_dmabuf.create_params(client.qh(), IgnoreEvents);
-    params.add(dmabuf.as_fd(), 0, 0, pitch, 0, 0); // DRM_FORMAT_MOD_LINEAR
-    let buffer = params.create_immed(
-        SIZE as i32,
-        SIZE as i32,
-        DrmFourcc::Xrgb8888 as u32,
-        zwp_linux_buffer_params_v1::Flags::empty(),
-        client.qh(),
-        IgnoreEvents,
-    );
-    params.destroy();
-    client.roundtrip().expect("the dma-buf imports");
-    let _ = vgem.destroy_dumb_buffer(dumb);
-    (buffer, dmabuf)
-}
-
-fn timeline(
-    client: &Client,
-    manager: &WpLinuxDrmSyncobjManagerV1,
-    device: &DrmDevice,
-) -> (Syncobj, WpLinuxDrmSyncobjTimelineV1) {
-    let syncobj = Syncobj::create(device).expect("DRM_IOCTL_SYNCOBJ_CREATE");
-    let fd = syncobj.export().expect("DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD");
-    let object = manager.import_timeline(fd.as_fd(), client.qh(), IgnoreEvents);
-    (syncobj, object)
-}
-
-fn commit(surface: &WlSurface, buffer: &WlBuffer) {
-    surface.attach(Some(buffer), 0, 0);
-    surface.damage_buffer(0, 0, SIZE as i32, SIZE as i32);
-    surface.commit();
-}
-
 #[track_caller]
 fn wait_released(syncobj: &Syncobj, what: &str) {
-    let deadline = Instant::now() + T;
-    while syncobj.query().unwrap() < 1 {
-        assert!(Instant::now() < deadline, "{what}: never released");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    assert_released(syncobj, 1, what);
     // Signalled once, at its point: nothing moved the timeline further.
     assert_eq!(
         syncobj.query().unwrap(),
@@ -215,38 +132,32 @@ fn wait_released(syncobj: &Syncobj, what: &str) {
 
 #[test]
 fn release_points_are_signalled_after_the_fence_of_the_frame_that_sampled_them() {
-    let Some(device) = virtio_render() else {
+    let Some(device) = virtio_gpu_render() else {
         return;
     };
-    let Some(vgem) = require_device("vgem card node under /dev/dri", || {
-        find_drm_node("card", "vgem")
-    }) else {
+    let Some(vgem) = vgem_card() else {
         return;
     };
-    let server = server();
+    let server = headless_server();
     assert_eq!(server.snapshot().unwrap().renderer, "gles");
     let mut client = Client::connect_to(server.socket_str()).unwrap();
     let manager = client
         .bind_global::<WpLinuxDrmSyncobjManagerV1, _>(1, IgnoreEvents)
         .expect("the syncobj manager is advertised");
-    let linux_dmabuf = client
-        .bind_global::<ZwpLinuxDmabufV1, _>(3, IgnoreEvents)
-        .expect("linux-dmabuf is advertised");
-    let w = client.create_window("release", "test.release");
-    client.wait_configured(w, T).unwrap();
-    let surface = client.state.windows[w.0].surface.clone();
+    let linux_dmabuf = bind_linux_dmabuf(&client);
+    let (w, surface) = configured_window(&mut client, "release", "test.release", T);
     let sync = manager.get_surface(&surface, client.qh(), IgnoreEvents);
     let (acquire, acquire_tl) = timeline(&client, &manager, &device);
     let (red_release, red_tl) = timeline(&client, &manager, &device);
     let (blue_release, blue_tl) = timeline(&client, &manager, &device);
-    let (red, _red_fd) = dmabuf_buffer(&mut client, &linux_dmabuf, &vgem, 0x00ff0000);
-    let (blue, _blue_fd) = dmabuf_buffer(&mut client, &linux_dmabuf, &vgem, 0x000000ff);
+    let red = dmabuf_buffer(&mut client, &linux_dmabuf, &vgem, 0x00ff0000);
+    let blue = dmabuf_buffer(&mut client, &linux_dmabuf, &vgem, 0x000000ff);
 
     // Red, already acquired: drawn by GLES frames, each recording its fence on red's point.
     acquire.signal_point(1).unwrap();
     sync.set_acquire_point(&acquire_tl, 0, 1);
     sync.set_release_point(&red_tl, 0, 1);
-    commit(&surface, &red);
+    commit_buffer(&surface, &red.buffer);
     client.roundtrip().unwrap();
     let capture = server.capture().unwrap();
     assert!(
@@ -270,7 +181,7 @@ fn release_points_are_signalled_after_the_fence_of_the_frame_that_sampled_them()
     acquire.signal_point(2).unwrap();
     sync.set_acquire_point(&acquire_tl, 0, 2);
     sync.set_release_point(&blue_tl, 0, 1);
-    commit(&surface, &blue);
+    commit_buffer(&surface, &blue.buffer);
     client.roundtrip().unwrap();
     wait_released(&red_release, "red, replaced by blue");
     let s = server.snapshot().unwrap();

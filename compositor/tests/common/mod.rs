@@ -1,6 +1,13 @@
-//! Shared by the integration tests: finding binaries, reading screenshots, pixel checks.
+//! Shared by the integration tests: finding binaries, reading screenshots, pixel checks; for the
+//! kernel tests also devices, vgem dma-bufs and fences, syncobj timelines, protocol errors.
 
 #![allow(dead_code)]
+
+pub mod dmabuf;
+pub mod protocol_errors;
+pub mod syncobj;
+pub mod test_server;
+pub mod vgem_fence;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -133,5 +140,20 @@ pub fn find_drm_node(prefix: &str, driver: &str) -> Option<fence_bridge::DrmDevi
     paths.into_iter().find_map(|path| {
         let device = fence_bridge::DrmDevice::open(&path).ok()?;
         (device.driver_name() == driver).then_some(device)
+    })
+}
+
+/// vgem's card node, through [`require_device`]: dumb buffers, dma-bufs, controllable fences.
+pub fn vgem_card() -> Option<fence_bridge::DrmDevice> {
+    require_device("vgem card node under /dev/dri", || {
+        find_drm_node("card", "vgem")
+    })
+}
+
+/// virtio-gpu's render node, through [`require_device`]: where the syncobj global lives and the
+/// tests (as the "client GPU") make timelines.
+pub fn virtio_gpu_render() -> Option<fence_bridge::DrmDevice> {
+    require_device("virtio_gpu renderD* node under /dev/dri", || {
+        find_drm_node("renderD", "virtio_gpu")
     })
 }
