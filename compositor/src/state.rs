@@ -80,8 +80,11 @@ pub struct Core {
     /// wl_surfaces that exist now, across all clients (a leak shows here).
     pub surfaces_alive: usize,
     /// Asked-for captures of the next frame (embedders and tests).
-    pub capture_requests: Vec<Box<dyn FnOnce(&Capture)>>,
+    pub capture_requests: Vec<CaptureRequest>,
 }
+
+/// Called with the next frame's pixels.
+pub type CaptureRequest = Box<dyn FnOnce(&Capture)>;
 
 impl Core {
     /// Asks the loop to stop; `fencegate` then exits with `code` (the first one asked wins).

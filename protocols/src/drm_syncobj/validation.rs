@@ -336,18 +336,17 @@ mod tests {
                         } else {
                             Verdict::Unchanged
                         })
-                    } else if acquire.is_none() {
-                        Err(CommitError::NoAcquirePoint)
-                    } else if release.is_none() {
-                        Err(CommitError::NoReleasePoint)
                     } else {
-                        let (a, r) = (acquire.unwrap(), release.unwrap());
-                        if a.timeline == r.timeline && !(a.point < r.point) {
-                            Err(CommitError::ConflictingPoints)
-                        } else if attachment == SHM {
-                            Err(CommitError::UnsupportedBuffer)
-                        } else {
-                            Ok(Verdict::Synced)
+                        match (acquire, release) {
+                            (None, _) => Err(CommitError::NoAcquirePoint),
+                            (_, None) => Err(CommitError::NoReleasePoint),
+                            (Some(a), Some(r))
+                                if a.timeline == r.timeline && a.point >= r.point =>
+                            {
+                                Err(CommitError::ConflictingPoints)
+                            }
+                            _ if attachment == SHM => Err(CommitError::UnsupportedBuffer),
+                            _ => Ok(Verdict::Synced),
                         }
                     };
                     assert_eq!(got, expected, "{attachment:?} {acquire:?} {release:?}");
