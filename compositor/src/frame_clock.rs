@@ -7,14 +7,19 @@
 //! # Release after GPU completion
 //!
 //! A rendered frame's fence (`RenderedFrame::sync`, exported once as a sync_file) is recorded on
-//! the current linux-drm-syncobj-v1 release point of every surface the frame presented
-//! ([`ReleasePoint::sampled_by`]). When the buffer is later replaced, detached or its surface
-//! destroyed, the point is due and its `Drop` imports that fence into it: the kernel signals the
-//! client's release point once the GPU work that last sampled the buffer has completed, with
-//! no CPU wait. A frame with no fence to export (pixman, a skipped frame, a GLES frame finished
-//! with `glFinish`) leaves nothing to wait for: such points are signalled from the CPU at once.
+//! the current release of every surface the frame presented: a linux-drm-syncobj-v1 release
+//! point ([`ReleasePoint::sampled_by`]) or a zwp_linux_buffer_release_v1
+//! ([`BufferRelease::sampled_by`]). When the buffer is later replaced, detached or its surface
+//! destroyed, the release is due. A release point's `Drop` imports that fence into it: the
+//! kernel signals the client's point once the GPU work that last sampled the buffer has
+//! completed, with no CPU wait. A buffer release's `Drop` sends `fenced_release` with it.
+//!
+//! A frame with no fence to export (pixman, a skipped frame, a GLES frame finished with
+//! `glFinish`) leaves nothing to wait for: such points are signalled from the CPU at once, and
+//! such buffer releases get `immediate_release`.
 //!
 //! [`ReleasePoint::sampled_by`]: fencegate_protocols::drm_syncobj::ReleasePoint::sampled_by
+//! [`BufferRelease::sampled_by`]: fencegate_protocols::explicit_sync::BufferRelease::sampled_by
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use fence_bridge::{EglFenceError, SyncFile};
 use fencegate_protocols::drm_syncobj::DrmSyncobjCachedState;
+use fencegate_protocols::explicit_sync::ExplicitSyncCachedState;
 
 use smithay::backend::renderer::element::{
     default_primary_scanout_output_compare, RenderElementStates,
@@ -132,28 +138,30 @@ impl Core {
         );
     }
 
-    /// Records this frame's fence on the current release point of every surface it presented
-    /// (see the [module docs](self)). Only for rendered frames: a skipped frame sampled nothing.
+    /// Records this frame's fence on the current release of every surface it presented, a
+    /// linux-drm-syncobj-v1 release point or a zwp_linux_buffer_release_v1 (see the [module
+    /// docs](self)). Only for rendered frames: a skipped frame sampled nothing.
     fn mark_sampled_buffers(&self, sync: &SyncPoint, states: &RenderElementStates) {
-        let Some(syncobj) = self.drm_syncobj.as_ref() else {
-            return; // no release points exist
-        };
+        // Exported once per frame, and only when some sampled buffer has a release.
         let mut fence: Option<Option<Arc<SyncFile>>> = None;
+        let mut fence = || fence.get_or_insert_with(|| frame_fence(sync)).clone();
         for window in self.space.elements() {
             window.with_surfaces(|surface, data| {
-                if !states.element_was_presented(surface)
-                    || !data.cached_state.has::<DrmSyncobjCachedState>()
-                {
+                if !states.element_was_presented(surface) {
                     return;
                 }
-                let mut cached = data.cached_state.get::<DrmSyncobjCachedState>();
-                let Some(release) = cached.current().release_point.as_mut() else {
-                    return;
-                };
-                // Exported once per frame, and only when some sampled buffer has a point.
-                let fence = fence.get_or_insert_with(|| frame_fence(sync));
-                release.sampled_by(fence.clone());
-                release.count_into(syncobj.release_counters().clone());
+                if data.cached_state.has::<DrmSyncobjCachedState>() {
+                    let mut cached = data.cached_state.get::<DrmSyncobjCachedState>();
+                    if let Some(release) = cached.current().release_point.as_mut() {
+                        release.sampled_by(fence());
+                    }
+                }
+                if data.cached_state.has::<ExplicitSyncCachedState>() {
+                    let mut cached = data.cached_state.get::<ExplicitSyncCachedState>();
+                    if let Some(release) = cached.current().release.as_mut() {
+                        release.sampled_by(fence());
+                    }
+                }
             });
         }
     }

@@ -16,6 +16,7 @@ use smithay::utils::{Logical, Rectangle};
 
 pub use fencegate_protocols::drm_syncobj::AcquireStats;
 pub use fencegate_protocols::drm_syncobj::ReleaseStats;
+pub use fencegate_protocols::explicit_sync::BufferReleaseStats;
 pub use fencegate_protocols::implicit_sync::ImplicitSyncStats;
 
 use crate::config::Config;
@@ -26,6 +27,7 @@ use crate::state::State;
 enum Request {
     Snapshot(mpsc::Sender<Snapshot>),
     Capture(mpsc::Sender<Capture>),
+    ProbeSyncobjHandles(usize, mpsc::Sender<Option<Vec<u32>>>),
     Stop,
 }
 
@@ -50,7 +52,9 @@ pub struct Snapshot {
     pub explicit_acquire: AcquireStats,
     /// Its release objects whose one event is still owed.
     pub explicit_releases_owed: usize,
-    /// How release points of buffers a frame sampled were signalled: by importing the frame's
+    /// Its releases asked for, and which event each got (all zero without the global).
+    pub explicit_release: BufferReleaseStats,
+    /// Release points set by clients, and how each was signalled: by importing the frame's
     /// fence, or from the CPU (all zero without the global).
     pub release: ReleaseStats,
     /// How dma-bufs committed without explicit sync were waited for.
@@ -144,6 +148,17 @@ impl TestServer {
         self.ask(Request::Capture)
     }
 
+    /// The syncobj handles the kernel hands out next on the compositor's import device: `n`
+    /// syncobjs created there and destroyed again, in the compositor's own DRM file. `None`
+    /// without linux-drm-syncobj-v1.
+    ///
+    /// The kernel allocates handles from an idr, lowest free id first, so a handle the
+    /// compositor leaked sits among the lowest ids and shifts this set: equal probes before and
+    /// after a workload mean no handle was left behind.
+    pub fn probe_syncobj_handles(&self, n: usize) -> anyhow::Result<Option<Vec<u32>>> {
+        self.ask(|reply| Request::ProbeSyncobjHandles(n, reply))
+    }
+
     /// Polls `snapshot` until `cond` holds.
     pub fn wait_for(
         &self,
@@ -218,6 +233,16 @@ fn answer(state: &mut State, request: Request) {
                     });
                 }));
         }
+        Request::ProbeSyncobjHandles(n, reply) => {
+            let handles = state.core.drm_syncobj.as_ref().map(|syncobj| {
+                let device = syncobj.import_device();
+                let objects: Vec<_> = (0..n)
+                    .map(|_| fence_bridge::Syncobj::create(device).expect("DRM_IOCTL_SYNCOBJ_CREATE"))
+                    .collect();
+                objects.iter().map(|o| u32::from(o.handle())).collect()
+            });
+            let _ = reply.send(handles);
+        }
         Request::Stop => state.core.request_exit(0, "test server stopped"),
     }
 }
@@ -278,5 +303,10 @@ fn snapshot(state: &State) -> Snapshot {
             .explicit_sync
             .as_ref()
             .map_or(0, |s| s.releases_owed()),
+        explicit_release: core
+            .explicit_sync
+            .as_ref()
+            .map(|s| s.release_stats())
+            .unwrap_or_default(),
     }
 }

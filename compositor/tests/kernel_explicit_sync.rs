@@ -268,4 +268,11 @@ fn dmabuf_commits_wait_for_acquire_points_in_order_and_release_what_they_replace
     client.destroy_window(w);
     client.roundtrip().unwrap();
     assert_released(&releases[3].0, 1, "the surface was destroyed");
+
+    // Every point set was counted and signalled, including commit 3's, which no frame ever drew
+    // (it was replaced in the same dispatch that applied it): that one from the CPU.
+    let s = server.snapshot().unwrap();
+    assert_eq!((s.release.taken, s.release.owed()), (4, 0), "{s:?}");
+    assert!(s.release.cpu_signaled >= 1, "{s:?}");
+    assert!(s.release.fence_imported >= 2, "red and blue were drawn: {s:?}");
 }

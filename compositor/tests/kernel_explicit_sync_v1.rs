@@ -10,11 +10,13 @@
 //! * a dma-buf committed with an unsignalled acquire fence is not shown until the fence
 //!   signals; an already-signalled fence costs no blocker;
 //! * each release object gets exactly one event: when its buffer is replaced, and on surface
-//!   destruction — not before.
+//!   destruction — not before; for a buffer a GLES frame sampled, `fenced_release` with that
+//!   frame's fence (a real sync_file), counted by the compositor.
 
 mod common;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::dmabuf::{bind_linux_dmabuf, commit_buffer, dmabuf_buffer, SIZE};
@@ -23,9 +25,11 @@ use common::test_server::{client_with_global, bare_surface, configured_window, h
 use common::vgem_fence::{signalled_sync_file, PendingFence};
 use common::{find_color, rgb, vgem_card};
 use fencegate::testing::TestServer;
-use fencegate_clients::{Client, EventLog, IgnoreEvents};
+use fence_bridge::SyncFile;
+use fencegate_clients::{Client, ClientState, EventLog, IgnoreEvents};
+use wayland_client::{Connection, Dispatch, QueueHandle};
 use wayland_client::protocol::wl_surface::WlSurface;
-use wayland_protocols::wp::linux_explicit_synchronization::zv1::client::zwp_linux_buffer_release_v1::ZwpLinuxBufferReleaseV1;
+use wayland_protocols::wp::linux_explicit_synchronization::zv1::client::zwp_linux_buffer_release_v1::{self, ZwpLinuxBufferReleaseV1};
 use wayland_protocols::wp::linux_explicit_synchronization::zv1::client::zwp_linux_explicit_synchronization_v1::ZwpLinuxExplicitSynchronizationV1;
 use wayland_protocols::wp::linux_explicit_synchronization::zv1::client::zwp_linux_surface_synchronization_v1::ZwpLinuxSurfaceSynchronizationV1;
 
@@ -214,18 +218,61 @@ fn every_protocol_error_reaches_its_client_and_the_others_carry_on() {
         .unwrap();
 }
 
-/// Dispatches until `log` has an event (or `T`), then checks it has exactly one, a release.
+/// One event of a `zwp_linux_buffer_release_v1`, with a `fenced_release`'s fence kept.
+#[derive(Debug)]
+enum Released {
+    Fenced(SyncFile),
+    Immediate,
+}
+
+/// The events one release object received.
+#[derive(Clone, Default)]
+struct Releases(Arc<Mutex<Vec<Released>>>);
+
+impl Releases {
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
+
+impl Dispatch<ZwpLinuxBufferReleaseV1, Releases> for ClientState {
+    fn event(
+        _: &mut Self,
+        _: &ZwpLinuxBufferReleaseV1,
+        event: zwp_linux_buffer_release_v1::Event,
+        releases: &Releases,
+        _: &Connection,
+        _: &QueueHandle<Self>,
+    ) {
+        let released = match event {
+            zwp_linux_buffer_release_v1::Event::FencedRelease { fence } => {
+                Released::Fenced(SyncFile::from(OwnedFd::from(fence)))
+            }
+            zwp_linux_buffer_release_v1::Event::ImmediateRelease => Released::Immediate,
+            _ => unreachable!("zwp_linux_buffer_release_v1 has two events"),
+        };
+        releases.0.lock().unwrap().push(released);
+    }
+}
+
+/// Dispatches until `releases` has an event (or `T`), checks it is the only one and, in the
+/// guest where frames are drawn with GLES, that it is a `fenced_release` whose fence is a real
+/// sync_file that signals.
 #[track_caller]
-fn expect_one_release(client: &mut Client, log: &EventLog, what: &str) {
+fn expect_one_fenced_release(client: &mut Client, releases: &Releases, what: &str) {
     client
-        .dispatch_until(T, what, |_| !log.is_empty())
+        .dispatch_until(T, what, |_| releases.len() > 0)
         .unwrap_or_else(|err| panic!("{what}: no release event: {err}"));
     client.roundtrip().unwrap();
-    let events = log.events();
+    let events = releases.0.lock().unwrap();
     assert_eq!(events.len(), 1, "{what}: exactly one event: {events:?}");
+    let Released::Fenced(fence) = &events[0] else {
+        panic!("{what}: a buffer a GLES frame sampled gets fenced_release, not {events:?}");
+    };
+    let info = fence.info().unwrap_or_else(|err| panic!("{what}: not a sync_file: {err}"));
     assert!(
-        events[0].contains("ImmediateRelease") || events[0].contains("FencedRelease"),
-        "{what}: {events:?}"
+        fence.wait_timeout(Some(T)).expect("waiting on the release fence"),
+        "{what}: the frame's fence never signalled: {info:?}"
     );
 }
 
@@ -245,7 +292,7 @@ fn dmabuf_commits_wait_for_acquire_fences_and_each_release_gets_one_event() {
     // 1. An unsignalled acquire fence: the commit is held, nothing shows.
     let mut pending = PendingFence::new(&vgem);
     sync.set_acquire_fence(pending.sync_file.as_fd());
-    let red_release = EventLog::new();
+    let red_release = Releases::default();
     let _r1: ZwpLinuxBufferReleaseV1 = sync.get_release(client.qh(), red_release.clone());
     commit_buffer(&surface, &red.buffer);
     client.roundtrip().unwrap();
@@ -274,19 +321,15 @@ fn dmabuf_commits_wait_for_acquire_fences_and_each_release_gets_one_event() {
     let (_, count) = find_color(&capture, rgb(0xff0000)).expect("red dma-buf pixels on screen");
     assert_eq!(count, (SIZE * SIZE) as usize);
     client.roundtrip().unwrap();
-    assert!(
-        red_release.is_empty(),
-        "red is on screen: not released yet: {:?}",
-        red_release.events()
-    );
+    assert_eq!(red_release.len(), 0, "red is on screen: not released yet");
 
     // 2. An already-signalled fence: no blocker; red is replaced, so its release comes, once.
     let done = signalled_sync_file(&vgem);
     sync.set_acquire_fence(done.as_fd());
-    let blue_release = EventLog::new();
+    let blue_release = Releases::default();
     let _r2: ZwpLinuxBufferReleaseV1 = sync.get_release(client.qh(), blue_release.clone());
     commit_buffer(&surface, &blue.buffer);
-    expect_one_release(&mut client, &red_release, "red, replaced by blue");
+    expect_one_fenced_release(&mut client, &red_release, "red, replaced by blue");
     let s = server.snapshot().unwrap();
     assert_eq!(
         (
@@ -298,7 +341,7 @@ fn dmabuf_commits_wait_for_acquire_fences_and_each_release_gets_one_event() {
     );
     // Both commits were explicitly synced: the implicit-sync wait never looked at them.
     assert_eq!((s.implicit.idle, s.implicit.blocked), (0, 0), "{s:?}");
-    assert!(blue_release.is_empty(), "blue is on screen");
+    assert_eq!(blue_release.len(), 0, "blue is on screen");
     let capture = server.capture().unwrap();
     assert!(
         find_color(&capture, rgb(0x0000ff)).is_some(),
@@ -308,15 +351,24 @@ fn dmabuf_commits_wait_for_acquire_fences_and_each_release_gets_one_event() {
     // 3. A commit without attach keeps blue and its release owed.
     surface.commit();
     client.roundtrip().unwrap();
-    assert!(
-        blue_release.is_empty(),
+    assert_eq!(
+        blue_release.len(),
+        0,
         "a commit without attach keeps the buffer"
     );
     assert_eq!(server.snapshot().unwrap().explicit_releases_owed, 1);
 
     // 4. The surface goes away: blue's release comes, once; red's stays at one.
     client.destroy_window(w);
-    expect_one_release(&mut client, &blue_release, "the surface was destroyed");
-    assert_eq!(red_release.len(), 1, "{:?}", red_release.events());
-    assert_eq!(server.snapshot().unwrap().explicit_releases_owed, 0);
+    expect_one_fenced_release(&mut client, &blue_release, "the surface was destroyed");
+    assert_eq!(red_release.len(), 1, "red's release stays at one event");
+    let s = server.snapshot().unwrap();
+    assert_eq!(s.explicit_releases_owed, 0, "{s:?}");
+    // Both buffers were drawn by GLES frames, so both releases carried a frame's fence.
+    assert_eq!(
+        (s.explicit_release.taken, s.explicit_release.fenced),
+        (2, 2),
+        "{s:?}"
+    );
+    assert_eq!(s.explicit_release.owed(), 0, "{s:?}");
 }

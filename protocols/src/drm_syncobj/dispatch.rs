@@ -1,6 +1,7 @@
 //! Requests of linux-drm-syncobj-v1 and the surface hooks that check commits.
 
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use fence_bridge::{Syncobj, SyncobjPoint};
 use smithay::reexports::wayland_protocols::wp::linux_drm_syncobj::v1::server::{
@@ -22,7 +23,7 @@ use crate::surface_link;
 use super::validation::{error_message, validate_commit, Attachment, PointKey, TimelineKey};
 use super::{
     DrmSyncobjCachedState, DrmSyncobjGlobalData, DrmSyncobjHandler, DrmSyncobjState,
-    DrmSyncobjSurfaceData, DrmSyncobjTimelineData, ReleasePoint,
+    DrmSyncobjSurfaceData, DrmSyncobjTimelineData, ReleaseCounters, ReleasePoint,
 };
 
 impl<D> GlobalDispatch<WpLinuxDrmSyncobjManagerV1, DrmSyncobjGlobalData, D> for DrmSyncobjState
@@ -119,7 +120,7 @@ where
     D: DrmSyncobjHandler + 'static,
 {
     fn request(
-        _state: &mut D,
+        state: &mut D,
         _client: &Client,
         object: &WpLinuxDrmSyncobjSurfaceV1,
         request: wp_linux_drm_syncobj_surface_v1::Request,
@@ -151,16 +152,21 @@ where
                 timeline,
                 point_hi,
                 point_lo,
-            } => set_point(object, data, &timeline, point_hi, point_lo, Which::Release),
+            } => {
+                let counters = state
+                    .drm_syncobj_state()
+                    .map(|state| state.release_counters().clone());
+                set_point(object, data, &timeline, point_hi, point_lo, Which::Release(counters))
+            }
             _ => unreachable!("wp_linux_drm_syncobj_surface_v1 has three requests"),
         }
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
 enum Which {
     Acquire,
-    Release,
+    /// With the counters the point counts into, where the global has them.
+    Release(Option<Arc<ReleaseCounters>>),
 }
 
 /// `set_acquire_point` / `set_release_point`: double-buffered, a second call replaces the first.
@@ -176,7 +182,7 @@ fn set_point(
     let Some(surface) = data.surface() else {
         let what = match which {
             Which::Acquire => "set_acquire_point",
-            Which::Release => "set_release_point",
+            Which::Release(_) => "set_release_point",
         };
         object.post_error(
             Error::NoSurface,
@@ -197,7 +203,12 @@ fn set_point(
         match which {
             Which::Acquire => cached.pending().acquire_point = Some(point),
             // A release point replaced before its commit is dropped, so signalled.
-            Which::Release => cached.pending().release_point = Some(ReleasePoint::new(point)),
+            Which::Release(counters) => {
+                cached.pending().release_point = Some(match counters {
+                    Some(counters) => ReleasePoint::counted(point, counters),
+                    None => ReleasePoint::new(point),
+                })
+            }
         }
     });
 }

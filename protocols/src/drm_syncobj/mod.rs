@@ -234,14 +234,14 @@ impl DrmSyncobjState {
         self.stats
     }
 
-    /// How the release points the renderer marked ([`ReleasePoint::sampled_by`] with
-    /// [`ReleasePoint::count_into`] these counters) were signalled so far: after a render fence
-    /// or from the CPU.
+    /// Every release point clients have set so far, and how each was signalled: after a
+    /// render fence or from the CPU. `owed()` is what is still to be signalled.
     pub fn release_stats(&self) -> ReleaseStats {
         self.release_counters.stats()
     }
 
-    /// The counters for [`ReleasePoint::count_into`].
+    /// The counters every release point set through this global counts into
+    /// ([`ReleasePoint::counted`]).
     pub fn release_counters(&self) -> &Arc<ReleaseCounters> {
         &self.release_counters
     }

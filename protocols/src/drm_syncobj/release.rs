@@ -33,7 +33,8 @@
 //! [`ReleasePoint::signal_after`]): the kernel signals the point when the GPU work that last
 //! sampled the buffer completes, with no CPU wait. A point no frame marked, or marked by a frame
 //! with no exportable fence (already complete: pixman, a `glFinish`ed frame), is signalled from
-//! the CPU at once. Either way exactly once; [`ReleaseStats`] counts which path each took.
+//! the CPU at once. Either way exactly once; [`ReleaseStats`] counts every point taken on and
+//! which path each one's signal took, so `taken - signalled` is what is still owed.
 
 use std::fmt;
 use std::io;
@@ -53,9 +54,11 @@ pub struct ReleasePoint {
     counters: Option<Arc<ReleaseCounters>>,
 }
 
-/// How release points were signalled (see [`ReleaseCounters`]).
+/// How many release points were taken on and how they were signalled (see [`ReleaseCounters`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReleaseStats {
+    /// Release points taken on ([`ReleasePoint::counted`]): every `set_release_point`.
+    pub taken: u64,
     /// Signalled by the kernel after a render fence: the fence of the last frame that sampled
     /// the buffer was imported into the point (it may have been signalled already).
     pub fence_imported: u64,
@@ -66,10 +69,23 @@ pub struct ReleaseStats {
     pub import_failed: u64,
 }
 
-/// Shared counters behind [`ReleaseStats`]: a release point counts into the counters attached
-/// to it ([`ReleasePoint::count_into`]) when it is signalled, wherever that happens.
+impl ReleaseStats {
+    /// Points signalled, by either path.
+    pub fn signalled(&self) -> u64 {
+        self.fence_imported + self.cpu_signaled
+    }
+
+    /// Points taken on and not signalled yet.
+    pub fn owed(&self) -> u64 {
+        self.taken.saturating_sub(self.signalled())
+    }
+}
+
+/// Shared counters behind [`ReleaseStats`]: a point made with [`ReleasePoint::counted`] counts
+/// itself taken then, and signalled when it is signalled, wherever that happens.
 #[derive(Debug, Default)]
 pub struct ReleaseCounters {
+    taken: AtomicU64,
     fence_imported: AtomicU64,
     cpu_signaled: AtomicU64,
     import_failed: AtomicU64,
@@ -79,6 +95,7 @@ impl ReleaseCounters {
     /// The counts so far.
     pub fn stats(&self) -> ReleaseStats {
         ReleaseStats {
+            taken: self.taken.load(Ordering::Relaxed),
             fence_imported: self.fence_imported.load(Ordering::Relaxed),
             cpu_signaled: self.cpu_signaled.load(Ordering::Relaxed),
             import_failed: self.import_failed.load(Ordering::Relaxed),
@@ -102,9 +119,14 @@ impl ReleasePoint {
         }
     }
 
-    /// Counts this point's release into `counters` (replacing any counters set before).
-    pub fn count_into(&mut self, counters: Arc<ReleaseCounters>) {
-        self.counters = Some(counters);
+    /// [`ReleasePoint::new`], counted in `counters`: taken now, and how it is signalled later.
+    pub fn counted(point: SyncobjPoint, counters: Arc<ReleaseCounters>) -> ReleasePoint {
+        counters.taken.fetch_add(1, Ordering::Relaxed);
+        ReleasePoint {
+            point: Some(point),
+            sampled: None,
+            counters: Some(counters),
+        }
     }
 
     /// Records that a frame sampled the buffer this point belongs to: `fence` is that frame's

@@ -182,10 +182,11 @@ where
                     return;
                 }
                 let surface = surface.expect("validated above");
-                if let Some(sync_state) = state.explicit_sync_state() {
-                    sync_state.track(release.clone());
-                }
-                let owed = BufferRelease::new(release);
+                let owed = match state.explicit_sync_state() {
+                    Some(sync_state) => sync_state.take_on(release),
+                    // No state, no global: only reachable while the compositor tears it down.
+                    None => BufferRelease::new(release, Default::default()),
+                };
                 with_states(&surface, |states| {
                     states
                         .cached_state

@@ -21,11 +21,13 @@
 //!   by a newer buffer, surface destroyed, synchronization object destroyed before the commit,
 //!   compositor shut down ([`ExplicitSyncState`]'s `Drop` sweeps every release still owed) — no
 //!   path forgets one, none sends two. A client that disconnects has no objects left to tell.
-//! * **Fenced release, when there is a fence.** [`BufferRelease::fenced`] sends `fenced_release`
-//!   with a sync_file (a render pass's fence); a renderer takes the release out of
-//!   [`ExplicitSyncCachedState::release`] when it knows its last read of the buffer. Until the
-//!   render path exports fences, releases are immediate, sent when the buffer is replaced — what
-//!   Weston does with a renderer that has no fence.
+//! * **Fenced release, after the GPU.** A renderer records each frame's fence on the current
+//!   release of every surface the frame sampled ([`BufferRelease::sampled_by`]); when the buffer
+//!   is replaced or its surface goes away, the release goes out as `fenced_release` with that
+//!   fence, so the client reuses the buffer once the GPU has read it and the compositor never
+//!   waits on the CPU. A buffer no fenced frame read (pixman, never drawn) gets
+//!   `immediate_release`. [`ExplicitSyncState::release_stats`] counts every release asked for
+//!   and which event it got.
 //! * **The waiting half, shipped**, shared with drm_syncobj ([`crate::acquire_wait`]):
 //!   [`wait_for_acquire_fences`] holds a commit until its acquire fence signals, without
 //!   blocking the loop. An acquire fence found signalled when it is set costs that one
@@ -78,6 +80,7 @@ pub mod validation;
 mod wait;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fence_bridge::Fence;
@@ -89,7 +92,7 @@ use smithay::reexports::wayland_server::{Client, DisplayHandle, GlobalDispatch, 
 use smithay::wayland::compositor::Cacheable;
 
 pub use crate::acquire_wait::{AcquireStats, DEFAULT_ACQUIRE_TIMEOUT};
-pub use release::{BufferRelease, BufferReleaseData};
+pub use release::{BufferRelease, BufferReleaseCounters, BufferReleaseData, BufferReleaseStats};
 pub use wait::wait_for_acquire_fences;
 
 /// The protocol version implemented.
@@ -116,6 +119,7 @@ pub struct ExplicitSyncState {
     stats: AcquireStats,
     /// Release objects handed out, pruned of the ones that are done; swept at drop.
     owed: Vec<ZwpLinuxBufferReleaseV1>,
+    release_counters: Arc<BufferReleaseCounters>,
 }
 
 impl ExplicitSyncState {
@@ -148,6 +152,7 @@ impl ExplicitSyncState {
             timeout_action: crate::TimeoutAction::Report,
             stats: AcquireStats::default(),
             owed: Vec::new(),
+            release_counters: Arc::default(),
         }
     }
 
@@ -189,9 +194,16 @@ impl ExplicitSyncState {
         self.owed.iter().filter(|o| owes(o)).count()
     }
 
-    fn track(&mut self, object: ZwpLinuxBufferReleaseV1) {
+    /// Every release asked for so far, and which event each got.
+    pub fn release_stats(&self) -> BufferReleaseStats {
+        self.release_counters.stats()
+    }
+
+    /// Tracks `object` until its event goes out, and returns the obligation to send it.
+    fn take_on(&mut self, object: ZwpLinuxBufferReleaseV1) -> BufferRelease {
         self.owed.retain(owes);
-        self.owed.push(object);
+        self.owed.push(object.clone());
+        BufferRelease::new(object, self.release_counters.clone())
     }
 }
 
@@ -206,8 +218,9 @@ impl Drop for ExplicitSyncState {
     fn drop(&mut self) {
         let mut sent = 0;
         for object in self.owed.drain(..) {
-            sent += usize::from(release::release_immediately(&object));
+            sent += u64::from(release::release_immediately(&object));
         }
+        self.release_counters.count_immediate(sent);
         if sent > 0 {
             tracing::debug!(
                 sent,

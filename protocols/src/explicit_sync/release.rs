@@ -19,14 +19,23 @@
 //!    ([`super::ExplicitSyncCachedState`]) and becomes the surface's current release when the
 //!    commit is applied.
 //! 3. **due** — when a later applied commit brings a new buffer or `attach(NULL)`, when the
-//!    surface is destroyed, or at shutdown: dropped (`immediate_release`), or handed a render
-//!    fence with [`BufferRelease::fenced`] (`fenced_release`) by a renderer whose GPU work on
-//!    the buffer may still be in flight.
+//!    surface is destroyed, or at shutdown: dropped, which sends `fenced_release` with the fence
+//!    of the last frame that sampled the buffer ([`BufferRelease::sampled_by`]), or
+//!    `immediate_release` when no frame with a fence read it.
 //!
 //! A client that disconnects takes its objects with it: nothing is sent, nothing is owed.
+//!
+//! # Release after GPU completion
+//!
+//! As for drm_syncobj's release points: a renderer records each frame's fence on the current
+//! release of every surface the frame sampled ([`BufferRelease::sampled_by`]; the newest frame
+//! wins, frames complete in order). When the release is due the client gets `fenced_release`
+//! with that fence and reuses the buffer once the GPU has finished reading it; the compositor
+//! never waits on the CPU. [`BufferReleaseStats`] counts which event each release got.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use fence_bridge::SyncFile;
 use smithay::reexports::wayland_protocols::wp::linux_explicit_synchronization::zv1::server::zwp_linux_buffer_release_v1::ZwpLinuxBufferReleaseV1;
@@ -65,20 +74,121 @@ pub(crate) fn release_immediately(object: &ZwpLinuxBufferReleaseV1) -> bool {
     }
 }
 
+/// How many releases were asked for and which event each got (see [`BufferReleaseCounters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BufferReleaseStats {
+    /// Releases asked for (`get_release`).
+    pub taken: u64,
+    /// Answered with `fenced_release`: the fence of the last frame that sampled the buffer.
+    pub fenced: u64,
+    /// Answered with `immediate_release`: no frame with a fence read the buffer.
+    pub immediate: u64,
+    /// Owed to clients that disconnected first: nothing could be sent, nothing is owed.
+    pub client_gone: u64,
+}
+
+impl BufferReleaseStats {
+    /// Releases neither answered nor made moot by a disconnect.
+    pub fn owed(&self) -> u64 {
+        self.taken
+            .saturating_sub(self.fenced + self.immediate + self.client_gone)
+    }
+}
+
+/// Shared counters behind [`BufferReleaseStats`], counted by each [`BufferRelease`] when it is
+/// made and when its one event goes out, wherever that happens.
+#[derive(Debug, Default)]
+pub struct BufferReleaseCounters {
+    taken: AtomicU64,
+    fenced: AtomicU64,
+    immediate: AtomicU64,
+    client_gone: AtomicU64,
+}
+
+impl BufferReleaseCounters {
+    /// Counts `n` releases sent as `immediate_release` outside a [`BufferRelease`] (the sweep
+    /// at shutdown).
+    pub(crate) fn count_immediate(&self, n: u64) {
+        self.immediate.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> BufferReleaseStats {
+        BufferReleaseStats {
+            taken: self.taken.load(Ordering::Relaxed),
+            fenced: self.fenced.load(Ordering::Relaxed),
+            immediate: self.immediate.load(Ordering::Relaxed),
+            client_gone: self.client_gone.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// An owed release event: whoever holds it owes the client exactly one event, and dropping it
-/// sends `immediate_release` (see [the module docs](crate::explicit_sync)).
-#[must_use = "dropping a BufferRelease sends immediate_release to the client at once"]
+/// sends it: `fenced_release` after the fence of the last frame that sampled the buffer
+/// ([`BufferRelease::sampled_by`]), else `immediate_release` (see [the module
+/// docs](crate::explicit_sync)).
+#[must_use = "dropping a BufferRelease sends its release event to the client at once"]
 pub struct BufferRelease {
     object: Option<ZwpLinuxBufferReleaseV1>,
+    /// The fence of the last frame that sampled the buffer.
+    sampled: Option<Arc<SyncFile>>,
+    counters: Arc<BufferReleaseCounters>,
 }
 
 impl BufferRelease {
-    /// Takes on the obligation to send `object` its one event. `object` must have been created
-    /// with [`BufferReleaseData`] as its user data.
-    pub(crate) fn new(object: ZwpLinuxBufferReleaseV1) -> BufferRelease {
+    /// Takes on the obligation to send `object` its one event, counted in `counters`. `object`
+    /// must have been created with [`BufferReleaseData`] as its user data.
+    pub(crate) fn new(
+        object: ZwpLinuxBufferReleaseV1,
+        counters: Arc<BufferReleaseCounters>,
+    ) -> BufferRelease {
+        counters.taken.fetch_add(1, Ordering::Relaxed);
         BufferRelease {
             object: Some(object),
+            sampled: None,
+            counters,
         }
+    }
+
+    /// Records that a frame sampled the buffer: `fence` is that frame's render fence, `None`
+    /// when its work is known complete. The last call wins (frames complete in order). When the
+    /// release is due, a recorded fence goes out as `fenced_release`.
+    pub fn sampled_by(&mut self, fence: Option<Arc<SyncFile>>) {
+        self.sampled = fence;
+    }
+
+    /// The fence recorded by [`BufferRelease::sampled_by`], if any.
+    pub fn sampled_fence(&self) -> Option<&SyncFile> {
+        self.sampled.as_deref()
+    }
+
+    /// Sends the one event now: what [`Drop`] does. Returns whether an event went out (false
+    /// when the client is gone or the object was released already).
+    pub fn release(mut self) -> bool {
+        let object = self.object.take().expect("not consumed yet");
+        let sampled = self.sampled.take();
+        self.send(&object, sampled.as_deref())
+    }
+
+    fn send(&self, object: &ZwpLinuxBufferReleaseV1, fence: Option<&SyncFile>) -> bool {
+        if !object.is_alive() {
+            self.counters.client_gone.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        if !claim(object) {
+            return false; // swept at shutdown already, and counted there
+        }
+        match fence {
+            Some(fence) => {
+                object.fenced_release(fence.as_fd());
+                self.counters.fenced.fetch_add(1, Ordering::Relaxed);
+            }
+            None => {
+                object.immediate_release();
+                self.counters.immediate.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        true
     }
 
     /// The release object.
@@ -88,34 +198,26 @@ impl BufferRelease {
             .expect("a BufferRelease holds its object until it is consumed")
     }
 
-    /// Sends `immediate_release` now: the compositor has finished with the buffer for this
-    /// commit, or never read it. The same as dropping it, but says so.
-    pub fn immediate(mut self) {
-        if let Some(object) = self.object.take() {
-            release_immediately(&object);
-        }
+    /// Sends `immediate_release` now, ignoring any recorded fence: for a caller that knows the
+    /// compositor has finished with the buffer.
+    pub fn immediate(mut self) -> bool {
+        let object = self.object.take().expect("not consumed yet");
+        self.send(&object, None)
     }
 
-    /// Sends `fenced_release` with `fence`: the buffer may be reused once the fence signals —
-    /// typically the sync_file of the render pass that last sampled it. The caller keeps
-    /// `fence` (the event carries a duplicate of the fd).
-    ///
-    /// Returns whether the event was sent: false when the client is gone or the object was
-    /// already released.
+    /// Sends `fenced_release` with `fence` now: the buffer may be reused once the fence signals.
+    /// The caller keeps `fence` (the event carries a duplicate of the fd).
     pub fn fenced(mut self, fence: &SyncFile) -> bool {
         let object = self.object.take().expect("not consumed yet");
-        if !claim(&object) {
-            return false;
-        }
-        object.fenced_release(fence.as_fd());
-        true
+        self.send(&object, Some(fence))
     }
 }
 
 impl Drop for BufferRelease {
     fn drop(&mut self) {
         if let Some(object) = self.object.take() {
-            release_immediately(&object);
+            let sampled = self.sampled.take();
+            self.send(&object, sampled.as_deref());
         }
     }
 }
@@ -123,7 +225,11 @@ impl Drop for BufferRelease {
 impl fmt::Debug for BufferRelease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.object {
-            Some(object) => f.debug_tuple("BufferRelease").field(&object.id()).finish(),
+            Some(object) => f
+                .debug_struct("BufferRelease")
+                .field("object", &object.id())
+                .field("sampled", &self.sampled.is_some())
+                .finish(),
             None => f.write_str("BufferRelease(consumed)"),
         }
     }
