@@ -124,6 +124,30 @@ impl Apt {
         Ok(())
     }
 
+    /// `apt-get download` of `packages` (`name=version`) into `dir`: nothing is installed.
+    /// When it fails (stale lists name a version the mirror no longer has), `apt-get update`
+    /// runs once and it is retried. `dir` must be writable by apt's `_apt` user to avoid an
+    /// "unsandboxed" warning.
+    pub fn download(&mut self, packages: &[String], dir: &Path) -> Result<()> {
+        loop {
+            eprintln!("xtask: apt-get download {}", packages.join(" "));
+            let status = Command::new("apt-get")
+                .args(["download", "-q"])
+                .args(packages)
+                .current_dir(dir)
+                .stdout(std::io::stderr())
+                .status()
+                .context("running apt-get download")?;
+            if status.success() {
+                return Ok(());
+            }
+            if self.updated {
+                bail!("apt-get download {} failed ({status})", packages.join(" "));
+            }
+            self.update()?;
+        }
+    }
+
     /// `<codename>-backports`, added to apt's sources first if missing; None off Debian 12.
     pub fn backports_suite(&mut self) -> Result<Option<String>> {
         let codename = os_codename()?;

@@ -1,8 +1,9 @@
 # fencegate VM guest, stage 2: PID 1 on the host's / (read-only 9p), run by busybox sh.
 #
 # Mounts the pseudo filesystems and a writable /tmp over the host's, loads the DRM modules from the extracted
-# kernel tree, runs the job the host wrote to the writable 9p share (tag "fgjob", mounted on
-# /run/fencegate/job), writes its exit code there and powers off. Files in the job dir:
+# kernel tree and the out-of-tree ones the initramfs carries (vkms), runs the job the host wrote
+# to the writable 9p share (tag "fgjob", mounted on /run/fencegate/job), writes its exit code
+# there and powers off. Files in the job dir:
 #   guest.env   (host -> guest) FG_KVER, FG_MODROOT, FG_MODULES, FG_STRICT_MODULES
 #   job.sh      (host -> guest) cd + `exec env -i VARS... command`, run with /bin/bash
 #   stdout, stderr           (guest -> host) the command's output
@@ -60,6 +61,22 @@ for m in $FG_MODULES; do
         [ "${FG_STRICT_MODULES:-1}" = 1 ] && die "module $m could not be loaded"
     fi
 done
+# Out-of-tree modules built by xtask for this kernel (vkms), from the initramfs: their in-tree
+# dependencies with modprobe, then insmod with their parameters. Always loaded, whatever
+# FG_MODULES says, and a failure stops the guest: tests must never run without them.
+EXTRA=/run/fencegate/extra
+if [ -f "$EXTRA/order" ]; then
+    while read -r name deps params; do
+        [ -n "$name" ] || continue
+        for d in $(echo "$deps" | $BB tr ',' ' '); do
+            [ "$d" = - ] && continue
+            /sbin/modprobe "$d" >>"$JOB/guest.log" 2>&1 || die "modprobe $d (needed by $name) failed"
+        done
+        # shellcheck disable=SC2086 # params are separate words
+        /sbin/insmod "$EXTRA/$name.ko" $params >>"$JOB/guest.log" 2>&1 || die "insmod $name.ko $params failed"
+        log "loaded out-of-tree $name.ko ($params)"
+    done <"$EXTRA/order"
+fi
 # Probing is synchronous for these drivers, but give devtmpfs a moment for the nodes.
 i=0
 while [ $i -lt 20 ] && ! $BB ls /dev/dri/card* >/dev/null 2>&1; do $BB sleep 0.1; i=$((i+1)); done

@@ -1,11 +1,12 @@
 //! KMS on virtio-gpu's card node for the kernel tests: the modeset display ([`Kms`]) that
-//! `kernel_kms` and `kernel_source` flip on.
+//! `kernel_kms` and `kernel_source` flip on; [`Kms::setup_on`] does the same on another KMS
+//! driver's card node (`kernel_vkms`: vkms).
 //!
 //! Tests share one display, so [`Kms::setup`] holds the binary's [`serial`] lock for as long as
 //! the `Kms` lives; the card node (DRM master: root, only client) closes with it. Under TCG
 //! everything is slow: few flips, generous timeouts.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::MutexGuard;
 use std::time::Duration;
 
@@ -52,10 +53,17 @@ impl Kms {
     /// holds [`serial`] until dropped. `None` (after a SKIP line) without the device, a failure
     /// in the guest (see [`require_device`]).
     pub fn setup() -> Option<Kms> {
+        Kms::setup_on("virtio_gpu")
+    }
+
+    /// [`setup`](Kms::setup) on the card node of the DRM driver named `driver`
+    /// (`DRM_IOCTL_VERSION`): "virtio_gpu", "vkms". Modeset with the connector's first (the
+    /// preferred) mode, two dumb-buffer framebuffers on the primary plane.
+    pub fn setup_on(driver: &str) -> Option<Kms> {
         // One display: the tests take turns (and keep fd counts their own).
         let guard = serial();
-        let card = require_device("virtio_gpu card node under /dev/dri", || {
-            find_node("card", "virtio_gpu")
+        let card = require_device(&format!("{driver} card node under /dev/dri"), || {
+            find_node("card", driver)
         })?;
         card.acquire_master_lock()
             .expect("DRM_IOCTL_SET_MASTER (root, only client)");
@@ -72,7 +80,7 @@ impl Kms {
             .iter()
             .map(|&c| (c, card.get_connector(c, true).expect("GETCONNECTOR")))
             .find(|(_, i)| i.state() == connector::State::Connected)
-            .expect("a connected virtio-gpu connector");
+            .unwrap_or_else(|| panic!("a connected {driver} connector"));
         let mode = info.modes()[0];
         let crtc = info
             .encoders()
@@ -100,7 +108,7 @@ impl Kms {
         let fbs = [0x00ff_0000u32, 0x0000_00ff].map(|color| {
             let mut db = card
                 .create_dumb_buffer((w.into(), h.into()), DrmFourcc::Xrgb8888, 32)
-                .expect("virtio-gpu CREATE_DUMB");
+                .unwrap_or_else(|e| panic!("{driver} CREATE_DUMB: {e}"));
             {
                 let mut map = card.map_dumb_buffer(&mut db).expect("MAP_DUMB");
                 for px in map.as_mut().chunks_exact_mut(4) {
@@ -172,12 +180,104 @@ impl Kms {
         c
     }
 
+    /// A commit on the primary plane showing `fb` (any framebuffer of this card, e.g. one from
+    /// [`import_framebuffer`](Kms::import_framebuffer)).
+    pub fn flip_to(&self, fb: framebuffer::Handle) -> FencedCommit<'_, Node> {
+        let mut c = FencedCommit::new(&self.card, &self.props);
+        c.add_property(
+            self.plane,
+            self.fb_id,
+            property::Value::Framebuffer(Some(fb)),
+        )
+        .expect("FB_ID");
+        c
+    }
+
+    /// Imports `dmabuf` (another device's buffer) through PRIME (`DRM_IOCTL_PRIME_FD_TO_HANDLE`)
+    /// and makes an XRGB8888 framebuffer of it (`DRM_IOCTL_MODE_ADDFB`). The buffer's
+    /// reservation object, and so its implicit fences, is the dma-buf's: shared with the
+    /// exporter. The GEM handle stays open until the card fd closes.
+    pub fn import_framebuffer(
+        &self,
+        dmabuf: BorrowedFd<'_>,
+        size: (u32, u32),
+        pitch: u32,
+    ) -> framebuffer::Handle {
+        let handle = self
+            .card
+            .prime_fd_to_buffer(dmabuf)
+            .expect("DRM_IOCTL_PRIME_FD_TO_HANDLE");
+        let buffer = ImportedBuffer {
+            handle,
+            size,
+            pitch,
+        };
+        self.card
+            .add_framebuffer(&buffer, 24, 32)
+            .expect("ADDFB of the imported buffer")
+    }
+
+    /// Every plane that can show on this display's CRTC, with its `type` property
+    /// ([`PLANE_TYPE_OVERLAY`], [`PLANE_TYPE_PRIMARY`], [`PLANE_TYPE_CURSOR`]).
+    pub fn planes_with_type(&self) -> Vec<(plane::Handle, u64)> {
+        let res = self
+            .card
+            .resource_handles()
+            .expect("DRM_IOCTL_MODE_GETRESOURCES");
+        self.card
+            .plane_handles()
+            .expect("GETPLANERESOURCES")
+            .into_iter()
+            .filter(|&p| {
+                let info = self.card.get_plane(p).expect("GETPLANE");
+                res.filter_crtcs(info.possible_crtcs()).contains(&self.crtc)
+            })
+            .map(|p| {
+                let type_prop = prop(&self.card, p, c"type");
+                let props = self.card.get_properties(p).expect("GETPROPERTIES");
+                let ty = props
+                    .iter()
+                    .find_map(|(h, v)| (*h == type_prop).then_some(*v))
+                    .expect("a plane type value");
+                (p, ty)
+            })
+            .collect()
+    }
+
     /// Waits up to `timeout` for flip events, returns those read.
     pub fn wait_flip(&self, timeout: Duration) -> Vec<FlipEvent> {
         if !readable(self.card.as_fd(), timeout) {
             return Vec::new();
         }
         read_flip_events(self.card.as_fd()).expect("read DRM events")
+    }
+}
+
+/// Values of a plane's `type` property (`enum drm_plane_type`).
+pub const PLANE_TYPE_OVERLAY: u64 = 0;
+pub const PLANE_TYPE_PRIMARY: u64 = 1;
+pub const PLANE_TYPE_CURSOR: u64 = 2;
+
+/// A single-plane XRGB8888 buffer known by its GEM handle on a card (e.g. PRIME-imported), for
+/// `add_framebuffer`.
+pub struct ImportedBuffer {
+    pub handle: drm::buffer::Handle,
+    pub size: (u32, u32),
+    pub pitch: u32,
+}
+
+impl drm::buffer::Buffer for ImportedBuffer {
+    fn size(&self) -> (u32, u32) {
+        self.size
+    }
+    fn format(&self) -> DrmFourcc {
+        DrmFourcc::Xrgb8888
+    }
+    fn pitch(&self) -> u32 {
+        self.pitch
+    }
+    fn handle(&self) -> drm::buffer::Handle {
+        self.handle
     }
 }
 

@@ -103,6 +103,25 @@ impl Vgem {
         }
     }
 
+    /// Like [`create_bo`](Self::create_bo), `width` x `height` XRGB8888: big enough to scan out
+    /// (e.g. imported into a KMS driver through PRIME). The pitch is the DumbBuffer's.
+    pub fn create_bo_sized(&self, width: u32, height: u32) -> Bo {
+        let buffer = self
+            .node
+            .create_dumb_buffer((width, height), DrmFourcc::Xrgb8888, 32)
+            .expect("DRM_IOCTL_MODE_CREATE_DUMB on vgem");
+        let handle = buffer.handle();
+        let dmabuf = self
+            .node
+            .buffer_to_prime_fd(handle, drm::CLOEXEC | drm::RDWR)
+            .expect("DRM_IOCTL_PRIME_HANDLE_TO_FD on vgem");
+        Bo {
+            buffer: Some(buffer),
+            handle: u32::from(handle),
+            dmabuf,
+        }
+    }
+
     /// `VGEM_FENCE_ATTACH`: a pending write (`write`) or read fence on `bo`.
     pub fn try_attach(&self, bo: &Bo, write: bool) -> io::Result<VgemFence> {
         let mut arg = DrmVgemFenceAttach {

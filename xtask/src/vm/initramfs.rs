@@ -1,5 +1,5 @@
-//! The guest's initramfs: busybox, the two init stages and the modules that mount the host's
-//! root, written as a newc cpio archive.
+//! The guest's initramfs: busybox, the two init stages, the modules that mount the host's
+//! root, and the out-of-tree modules stage 2 loads (vkms), written as a newc cpio archive.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -9,6 +9,7 @@ use std::process::Command;
 use anyhow::{anyhow, bail, Context, Result};
 
 use super::kernel::Assets;
+use super::vkms::ExtraModule;
 use super::{write_if_changed, STAGE1, STAGE1_MODULES, STAGE2};
 
 fn find_busybox() -> Result<PathBuf> {
@@ -93,7 +94,12 @@ fn decompress_module(path: &Path) -> Result<Vec<u8>> {
     }
 }
 
-pub(super) fn build_initramfs(assets: &Assets, out: &Path) -> Result<()> {
+/// Writes the initramfs to `out` (only when its content changed). `extra` modules go to
+/// `/extra/<name>.ko`, listed in `/extra/order` one per line as `<name> <deps,comma,separated or
+/// -> [params...]`: stage 1 copies `/extra` to `/run/fencegate/extra`, stage 2 loads the deps
+/// with modprobe from the kernel tree and then the module with insmod, and stops the guest if
+/// any of it fails.
+pub(super) fn build_initramfs(assets: &Assets, extra: &[ExtraModule], out: &Path) -> Result<()> {
     let moddir = assets.root.join("lib/modules").join(&assets.kver);
     let mods = stage1_modules(&moddir)?;
     let mut cpio = Cpio::default();
@@ -123,6 +129,26 @@ pub(super) fn build_initramfs(assets: &Assets, out: &Path) -> Result<()> {
         order.push('\n');
     }
     cpio.file("modules/order", 0o644, order.as_bytes());
+    if !extra.is_empty() {
+        cpio.dir("extra");
+        let mut order = String::new();
+        for m in extra {
+            let ko = fs::read(&m.ko).with_context(|| format!("reading {}", m.ko.display()))?;
+            cpio.file(&format!("extra/{}.ko", m.name), 0o644, &ko);
+            let deps = if m.depends.is_empty() {
+                "-".to_string()
+            } else {
+                m.depends.join(",")
+            };
+            order.push_str(&format!("{} {deps}", m.name));
+            for p in &m.params {
+                order.push(' ');
+                order.push_str(p);
+            }
+            order.push('\n');
+        }
+        cpio.file("extra/order", 0o644, order.as_bytes());
+    }
     write_if_changed(out, &cpio.finish())
 }
 

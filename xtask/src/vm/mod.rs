@@ -33,13 +33,19 @@
 //!   like apt's own cache, outside the workspace so that `cargo clean` keeps it, and a kernel
 //!   tree once extracted stays pinned there (newest cached 6.12 wins) until the folder is removed.
 //!   Layout: `<kver>/root/{boot,lib/modules}` (the extracted package, depmod'ed),
-//!   `<kver>/complete` (stamp), `<kver>/initramfs.cpio`, and `current.env` (what
-//!   `xtask/vm/run-in-guest` boots when called by hand).
+//!   `<kver>/complete` (stamp), `<kver>/vkms/{vkms.ko,complete}` (see below),
+//!   `<kver>/initramfs.cpio`, and `current.env` (what `xtask/vm/run-in-guest` boots when called
+//!   by hand).
+//! * vkms (`vkms.rs`): Debian's kernel lacks it, so it is built out of tree from the guest
+//!   kernel's own `linux-source-6.12` and headers packages (downloaded, not installed), once
+//!   per kernel version, and cached in `<kver>/vkms/`; a failed build fails the task.
 //! * The initramfs (newc cpio, written here) holds busybox, `xtask/vm/init-stage1.sh` as `/init`,
 //!   `xtask/vm/guest-init.sh` (stage 2) and the decompressed 9p modules (Debian ships `.ko.xz`;
-//!   busybox's insmod is not trusted with xz, so they are decompressed on the host). Stage 2
-//!   runs on the host's `/` and loads `virtio_gpu` and `vgem` with the host's kmod `modprobe -d
-//!   <cache tree>` (the host has no `/lib/modules/<kver>` and the guest's `/` is read-only).
+//!   busybox's insmod is not trusted with xz, so they are decompressed on the host), and the
+//!   cached `vkms.ko` under `/extra`. Stage 2 runs on the host's `/` and loads `virtio_gpu` and
+//!   `vgem` with the host's kmod `modprobe -d <cache tree>` (the host has no
+//!   `/lib/modules/<kver>` and the guest's `/` is read-only), then vkms' dependencies the same
+//!   way and `insmod vkms.ko enable_overlay=1`; a module that does not load stops the guest.
 //! * [`run_in_guest`] and the cargo runner are the same script, `xtask/vm/run-in-guest`: it boots
 //!   one guest, runs one command with the same cwd and a whitelisted environment, brings its
 //!   stdout/stderr and exit status back over a writable 9p share, and has a watchdog
@@ -56,6 +62,7 @@ use crate::test_totals::Totals;
 mod initramfs;
 mod kernel;
 mod selection;
+mod vkms;
 
 use self::initramfs::build_initramfs;
 use self::kernel::{cache_root, ensure_installed};
@@ -75,8 +82,8 @@ const STAGE2: &str = include_str!("../../vm/guest-init.sh");
 const KERNEL_TEST_PREFIX: &str = "kernel_";
 
 /// Install (idempotently) everything the VM tier needs: QEMU 10 from backports, busybox-static,
-/// kmod, xz-utils, and the cached, extracted 6.12 kernel. Prints what it installs; a second run
-/// only checks.
+/// kmod, xz-utils, the cached, extracted 6.12 kernel and the vkms module built for it. Prints
+/// what it installs; a second run only checks.
 pub fn install_packages() -> Result<()> {
     // prepare() = the packages + the cached kernel + the initramfs and current.env, so that
     // `xtask/vm/run-in-guest CMD` works by hand afterwards.
@@ -209,8 +216,9 @@ fn prepare() -> Result<Guest> {
         );
     }
     let assets = ensure_installed()?;
+    let vkms = vkms::ensure_vkms(&assets)?;
     let initrd = assets.dir.join("initramfs.cpio");
-    build_initramfs(&assets, &initrd)?;
+    build_initramfs(&assets, &[vkms], &initrd)?;
     let runner = workspace_root()?.join("xtask/vm/run-in-guest");
     if !runner.is_file() {
         bail!("missing {}", runner.display());
