@@ -9,17 +9,23 @@
 //! each timeout the wait reports once (or disconnects the client, per [`TimeoutAction`]), gives
 //! up if its surface or client went away, else re-arms. What is waited for, where it is counted
 //! and how it is logged is the [`BlockedOn`] of the caller.
+//!
+//! A surface destroyed (or a client gone) while commits of it wait cancels those waits at once,
+//! from a destruction hook: their loop sources and fences (eventfds, sync_file and syncobj
+//! references) are dropped then, not at the next timeout.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use fence_bridge::{Fence, FenceEvent, FenceSource, FenceStatus, WaitMode};
-use smithay::reexports::calloop::{self, LoopHandle};
+use smithay::reexports::calloop::{self, LoopHandle, RegistrationToken};
 use smithay::reexports::wayland_server::backend::protocol::ProtocolError;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_server::{Client, DisplayHandle, Resource, Weak};
-use smithay::wayland::compositor::{add_blocker, Barrier, CompositorHandler};
+use smithay::wayland::compositor::{
+    add_blocker, add_destruction_hook, with_states, Barrier, CompositorHandler,
+};
 
 use crate::implicit_sync::TimeoutAction;
 
@@ -95,9 +101,93 @@ pub(crate) fn block_commit<D, W>(
         reported: false,
         what,
     };
-    if let Err(wait) = insert(loop_handle, source.with_timeout(timeout), timeout, wait) {
+    let registration = Rc::new(RefCell::new(Registration {
+        loop_handle: loop_handle.clone(),
+        token: None,
+        wait: Some(wait),
+    }));
+    if let Err(wait) = insert(&registration, source.with_timeout(timeout), timeout) {
         // Still inside the commit: released now, the commit applies as if nothing waited.
         wait.barrier.signal();
+        return;
+    }
+    cancel_on_destruction(surface, registration);
+}
+
+/// A blocked commit's wait as its surface's destruction hook sees it: where its source is
+/// registered (changing at each re-arm), and the wait itself until it ends.
+struct Registration<D: 'static, W> {
+    loop_handle: LoopHandle<'static, D>,
+    token: Option<RegistrationToken>,
+    wait: Option<Wait<W>>,
+}
+
+/// A wait its surface's destruction can cancel.
+trait Cancel<D> {
+    /// Ends the wait now, if it has not ended: its source leaves the loop, its fences drop.
+    fn cancel(&self, state: &mut D);
+    fn ended(&self) -> bool;
+}
+
+impl<D: 'static, W: BlockedOn<D>> Cancel<D> for RefCell<Registration<D, W>> {
+    fn cancel(&self, state: &mut D) {
+        let (wait, token, loop_handle) = {
+            let mut registration = self.borrow_mut();
+            let wait = registration.wait.take();
+            let token = registration.token.take();
+            (wait, token, registration.loop_handle.clone())
+        };
+        if let Some(token) = token {
+            loop_handle.remove(token);
+        }
+        if let Some(wait) = wait {
+            wait.what.count(state, Counted::Abandoned);
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.borrow().wait.is_none()
+    }
+}
+
+/// The waits of a surface's blocked commits (in its data map; loop-thread only).
+struct BlockedWaits<D>(RefCell<Vec<Rc<dyn Cancel<D>>>>);
+
+/// Lists `registration` on `surface`, whose destruction hook cancels it.
+fn cancel_on_destruction<D, W>(surface: &WlSurface, registration: Rc<RefCell<Registration<D, W>>>)
+where
+    D: CompositorHandler + 'static,
+    W: BlockedOn<D>,
+{
+    let first = with_states(surface, |states| {
+        let first = states
+            .data_map
+            .insert_if_missing(|| BlockedWaits::<D>(RefCell::new(Vec::new())));
+        let waits = states
+            .data_map
+            .get::<BlockedWaits<D>>()
+            .expect("inserted above");
+        let mut waits = waits.0.borrow_mut();
+        waits.retain(|wait| !wait.ended());
+        waits.push(registration);
+        first
+    });
+    if first {
+        add_destruction_hook::<D, _>(surface, cancel_blocked_waits::<D>);
+    }
+}
+
+/// Destruction hook: cancels every wait of `surface`'s blocked commits (see the module docs).
+fn cancel_blocked_waits<D: 'static>(state: &mut D, surface: &WlSurface) {
+    let waits = with_states(surface, |states| {
+        states
+            .data_map
+            .get::<BlockedWaits<D>>()
+            .map(|waits| std::mem::take(&mut *waits.0.borrow_mut()))
+            .unwrap_or_default()
+    });
+    for wait in waits {
+        wait.cancel(state);
     }
 }
 
@@ -111,24 +201,28 @@ struct Wait<W> {
     what: W,
 }
 
-/// Puts the source into the loop; gives the wait back if that fails (without a source nothing
-/// would release the blocker and the surface would freeze: the caller releases it).
+/// Puts the source into the loop for `registration`'s wait; gives the wait back if that fails
+/// (without a source nothing would release the blocker and the surface would freeze: the caller
+/// releases it).
 fn insert<D, W>(
-    loop_handle: &LoopHandle<'static, D>,
+    registration: &Rc<RefCell<Registration<D, W>>>,
     source: FenceSource<W::Key>,
     timeout: Duration,
-    wait: Wait<W>,
 ) -> Result<(), Wait<W>>
 where
     D: CompositorHandler + 'static,
     W: BlockedOn<D>,
 {
-    let handle = loop_handle.clone();
-    let slot = Rc::new(RefCell::new(Some(wait)));
-    let in_source = Rc::clone(&slot);
+    let in_source = Rc::clone(registration);
+    let loop_handle = registration.borrow().loop_handle.clone();
     let inserted = loop_handle.insert_source(source, move |event, _, state: &mut D| {
-        // One event per source: a signal or the timeout.
-        let Some(w) = in_source.borrow_mut().take() else {
+        // One event per source: a signal or the timeout. The source is gone after it.
+        let w = {
+            let mut registration = in_source.borrow_mut();
+            registration.token = None;
+            registration.wait.take()
+        };
+        let Some(w) = w else {
             return;
         };
         match event {
@@ -137,13 +231,20 @@ where
                 let status = all.first().map_or(FenceStatus::Signaled, |s| s.status);
                 release(state, w, status)
             }
-            FenceEvent::TimedOut { .. } => timed_out(state, &handle, timeout, w),
+            FenceEvent::TimedOut { .. } => timed_out(state, &in_source, timeout, w),
         }
     });
     match inserted {
-        Ok(_) => Ok(()),
+        Ok(token) => {
+            registration.borrow_mut().token = Some(token);
+            Ok(())
+        }
         Err(err) => {
-            let wait = slot.borrow_mut().take().expect("the source never ran");
+            let wait = registration
+                .borrow_mut()
+                .wait
+                .take()
+                .expect("the source never ran");
             // An fd limit or an epoll failure: a bug or an exhausted process.
             wait.what.log_unwatchable(&err.error);
             Err(wait)
@@ -178,7 +279,7 @@ where
 /// waiting.
 fn timed_out<D, W>(
     state: &mut D,
-    loop_handle: &LoopHandle<'static, D>,
+    registration: &Rc<RefCell<Registration<D, W>>>,
     timeout: Duration,
     mut wait: Wait<W>,
 ) where
@@ -209,7 +310,8 @@ fn timed_out<D, W>(
     match FenceSource::new(wait.what.fences(), W::MODE) {
         Err(_ready) => release(state, wait, FenceStatus::Signaled),
         Ok(source) => {
-            if let Err(wait) = insert(loop_handle, source.with_timeout(timeout), timeout, wait) {
+            registration.borrow_mut().wait = Some(wait);
+            if let Err(wait) = insert(registration, source.with_timeout(timeout), timeout) {
                 release(state, wait, FenceStatus::Signaled);
             }
         }

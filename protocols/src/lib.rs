@@ -26,6 +26,7 @@ mod commit_blocker;
 pub mod drm_syncobj;
 pub mod explicit_sync;
 pub mod implicit_sync;
+mod owed;
 mod surface_link;
 
 pub use implicit_sync::TimeoutAction;

@@ -35,6 +35,30 @@ impl XdgShellHandler for State {
         self.focus(Some(surface.wl_surface().clone()));
     }
 
+    fn toplevel_destroyed(&mut self, surface: ToplevelSurface) {
+        let gone = surface.wl_surface();
+        if let Some(window) = self.core.window_for_surface(gone) {
+            self.core.space.unmap_elem(&window);
+        }
+        // Focus must not keep a dead surface: a WlSurface handle keeps the surface's data, and
+        // with it whatever its commits still hold (fences, fds), alive. The topmost window left
+        // gets it.
+        let focused = self
+            .core
+            .seat
+            .get_keyboard()
+            .and_then(|keyboard| keyboard.current_focus());
+        if focused.is_none_or(|focused| &focused == gone) {
+            let next = self
+                .core
+                .space
+                .elements()
+                .next_back()
+                .and_then(|window| window.toplevel().map(|t| t.wl_surface().clone()));
+            self.focus(next);
+        }
+    }
+
     fn new_popup(&mut self, surface: PopupSurface, positioner: PositionerState) {
         surface.with_pending_state(|state| state.geometry = positioner.get_geometry());
         if let Err(err) = self.core.popups.track_popup(PopupKind::Xdg(surface)) {

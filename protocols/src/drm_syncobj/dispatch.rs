@@ -198,19 +198,30 @@ fn set_point(
         timeline.syncobj.clone(),
         (u64::from(point_hi) << 32) | u64::from(point_lo),
     );
-    with_states(&surface, |states| {
+    let release = match which {
+        Which::Acquire => None,
+        Which::Release(counters) => {
+            let release = match counters {
+                Some(counters) => ReleasePoint::counted(point.clone(), counters),
+                None => ReleasePoint::new(point.clone()),
+            };
+            // Listed on the surface before its data is locked below (the lock is not reentrant).
+            release.due_with(&surface);
+            Some(release)
+        }
+    };
+    let replaced = with_states(&surface, |states| {
         let mut cached = states.cached_state.get::<DrmSyncobjCachedState>();
-        match which {
-            Which::Acquire => cached.pending().acquire_point = Some(point),
-            // A release point replaced before its commit is dropped, so signalled.
-            Which::Release(counters) => {
-                cached.pending().release_point = Some(match counters {
-                    Some(counters) => ReleasePoint::counted(point, counters),
-                    None => ReleasePoint::new(point),
-                })
+        match release {
+            None => {
+                cached.pending().acquire_point = Some(point);
+                None
             }
+            Some(release) => cached.pending().release_point.replace(release),
         }
     });
+    // A release point replaced before its commit is signalled now, outside the surface's lock.
+    drop(replaced);
 }
 
 impl<D> Dispatch<WpLinuxDrmSyncobjTimelineV1, DrmSyncobjTimelineData, D> for DrmSyncobjState
@@ -253,7 +264,7 @@ pub(super) fn pending_commit(
     (
         attachment,
         pending.acquire_point.clone(),
-        pending.release_point.as_ref().map(|r| r.point().clone()),
+        pending.release_point.as_ref().and_then(ReleasePoint::point),
     )
 }
 
@@ -288,17 +299,13 @@ fn commit_hook<D: DrmSyncobjHandler + 'static>(
     });
 }
 
-/// Destruction hook: the surface's pending and current release points are due now. (States
-/// still queued behind a blocker are dropped, and so signalled, with the surface's data.)
+/// Destruction hook: every release point of the surface is due now, pending, current or in a
+/// commit still queued behind a blocker (see `crate::owed`); its acquire points are dropped.
 fn destruction_hook<D: DrmSyncobjHandler + 'static>(_state: &mut D, surface: &WlSurface) {
-    let owed = with_states(surface, |states| {
+    crate::owed::settle_all_on::<super::release::Debt>(surface);
+    with_states(surface, |states| {
         let mut cached = states.cached_state.get::<DrmSyncobjCachedState>();
-        let pending = cached.pending().release_point.take();
-        let current = cached.current().release_point.take();
         cached.pending().acquire_point = None;
         cached.current().acquire_point = None;
-        [pending, current]
     });
-    // Signalled outside the surface lock.
-    drop(owed);
 }

@@ -20,7 +20,11 @@
 //!    the commit is applied.
 //! 3. **due** — when a later applied commit brings a new buffer or `attach(NULL)`, when the
 //!    surface is destroyed, or at shutdown: dropped, or handed to [`ReleasePoint::signal_after`]
-//!    by a renderer that knows when its GPU work on the buffer ends.
+//!    by a renderer that knows when its GPU work on the buffer ends. Destroying the surface
+//!    settles every point of it at once, including those of commits still queued behind a
+//!    blocker, which Smithay keeps until the surface's last handle is gone (see
+//!    `crate::owed`); the `ReleasePoint` left behind is then spent, and dropping it does
+//!    nothing.
 //!
 //! # Release after GPU completion
 //!
@@ -42,12 +46,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fence_bridge::{SyncFile, SyncobjPoint};
+use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
+
+use crate::owed::{Owed, Settle};
 
 /// An owed signal of a client's release point (see the [module docs](self)). Dropping it
-/// signals the point from the CPU.
+/// signals the point.
 #[must_use = "dropping a ReleasePoint signals the client's release point immediately"]
 pub struct ReleasePoint {
-    point: Option<SyncobjPoint>,
+    owed: Owed<Debt>,
+}
+
+/// What a [`ReleasePoint`] owes, until paid.
+pub(crate) struct Debt {
+    point: SyncobjPoint,
     /// The fence of the last frame that sampled the buffer ([`ReleasePoint::sampled_by`]).
     sampled: Option<Arc<SyncFile>>,
     /// Where to count how the point was released.
@@ -113,9 +125,11 @@ impl ReleasePoint {
     /// Takes on the obligation to signal `point` once.
     pub fn new(point: SyncobjPoint) -> ReleasePoint {
         ReleasePoint {
-            point: Some(point),
-            sampled: None,
-            counters: None,
+            owed: Owed::new(Debt {
+                point,
+                sampled: None,
+                counters: None,
+            }),
         }
     }
 
@@ -123,10 +137,18 @@ impl ReleasePoint {
     pub fn counted(point: SyncobjPoint, counters: Arc<ReleaseCounters>) -> ReleasePoint {
         counters.taken.fetch_add(1, Ordering::Relaxed);
         ReleasePoint {
-            point: Some(point),
-            sampled: None,
-            counters: Some(counters),
+            owed: Owed::new(Debt {
+                point,
+                sampled: None,
+                counters: Some(counters),
+            }),
         }
+    }
+
+    /// Makes `surface`'s destruction signal this point, wherever the point is then: pending,
+    /// queued behind a blocker, or current.
+    pub(crate) fn due_with(&self, surface: &WlSurface) {
+        self.owed.list_on(surface);
     }
 
     /// Records that a frame sampled the buffer this point belongs to: `fence` is that frame's
@@ -137,38 +159,41 @@ impl ReleasePoint {
     /// When the point becomes due ([`Drop`], [`ReleasePoint::release`]) a recorded fence is
     /// imported into the point; without one the point is signalled from the CPU.
     pub fn sampled_by(&mut self, fence: Option<Arc<SyncFile>>) {
-        self.sampled = fence;
+        self.owed.with(|debt| {
+            if let Some(debt) = debt {
+                debt.sampled = fence;
+            }
+        });
     }
 
     /// The fence recorded by [`ReleasePoint::sampled_by`], if any.
-    pub fn sampled_fence(&self) -> Option<&SyncFile> {
-        self.sampled.as_deref()
+    pub fn sampled_fence(&self) -> Option<Arc<SyncFile>> {
+        self.owed.with(|debt| debt.and_then(|d| d.sampled.clone()))
+    }
+
+    /// The point owed; `None` once it has been signalled (its surface was destroyed).
+    pub fn point(&self) -> Option<SyncobjPoint> {
+        self.owed.with(|debt| debt.map(|d| d.point.clone()))
     }
 
     /// Releases the point now that the compositor will not read the buffer again: after the
     /// fence of the last frame that sampled it ([`ReleasePoint::sampled_by`]), else from the CPU
     /// at once. What [`Drop`] does, with the error returned.
-    pub fn release(mut self) -> io::Result<()> {
-        match self.sampled.take() {
-            Some(fence) => self.signal_after(&fence),
-            None => self.signal(),
+    pub fn release(self) -> io::Result<()> {
+        match self.owed.take() {
+            Some(debt) => debt.release(),
+            None => Ok(()), // paid when its surface was destroyed
         }
-    }
-
-    /// The point owed.
-    pub fn point(&self) -> &SyncobjPoint {
-        self.point
-            .as_ref()
-            .expect("a ReleasePoint holds its point until it is consumed")
     }
 
     /// Signals the point now, from the CPU (`DRM_IOCTL_SYNCOBJ_TIMELINE_SIGNAL`), ignoring any
     /// fence recorded by [`ReleasePoint::sampled_by`]: for a caller that knows the buffer is no
     /// longer read. Dropping a point that no frame marked does the same.
-    pub fn signal(mut self) -> io::Result<()> {
-        let point = self.point.take().expect("not consumed yet");
-        count(&self.counters, |c| &c.cpu_signaled);
-        point.signal()
+    pub fn signal(self) -> io::Result<()> {
+        match self.owed.take() {
+            Some(debt) => debt.signal(),
+            None => Ok(()),
+        }
     }
 
     /// Signals the point when `fence` signals: the sync_file's fence is put at the point
@@ -177,8 +202,36 @@ impl ReleasePoint {
     ///
     /// If the import fails the point is signalled from the CPU at once (a release too early
     /// beats one that never comes) and the import error is returned.
-    pub fn signal_after(mut self, fence: &SyncFile) -> io::Result<()> {
-        let point = self.point.take().expect("not consumed yet");
+    pub fn signal_after(self, fence: &SyncFile) -> io::Result<()> {
+        match self.owed.take() {
+            Some(debt) => debt.signal_after(fence),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives up the obligation without signalling, returning the point (`None` if it was
+    /// signalled already). For a caller that hands the duty to something else that signals it
+    /// (e.g. a KMS out-fence import); the point is then that caller's to signal.
+    pub fn into_point(self) -> Option<SyncobjPoint> {
+        self.owed.take().map(|debt| debt.point)
+    }
+}
+
+impl Debt {
+    fn release(mut self) -> io::Result<()> {
+        match self.sampled.take() {
+            Some(fence) => self.signal_after(&fence),
+            None => self.signal(),
+        }
+    }
+
+    fn signal(self) -> io::Result<()> {
+        count(&self.counters, |c| &c.cpu_signaled);
+        self.point.signal()
+    }
+
+    fn signal_after(self, fence: &SyncFile) -> io::Result<()> {
+        let point = &self.point;
         match point.syncobj().import_sync_file(point.point(), fence) {
             Ok(()) => {
                 count(&self.counters, |c| &c.fence_imported);
@@ -189,40 +242,22 @@ impl ReleasePoint {
                     "importing a render fence into a release point failed; signalling it now");
                 count(&self.counters, |c| &c.import_failed);
                 count(&self.counters, |c| &c.cpu_signaled);
-                signal_or_log(&point);
+                if let Err(err) = point.signal() {
+                    // The syncobj is ours (an imported handle): a kernel or device failure.
+                    tracing::error!(%err, point = point.point(),
+                        "signalling a syncobj release point failed");
+                }
                 Err(err)
             }
         }
     }
-
-    /// Gives up the obligation without signalling, returning the point. For a caller that
-    /// hands the duty to something else that signals it (e.g. a KMS out-fence import); the
-    /// point is then that caller's to signal.
-    pub fn into_point(mut self) -> SyncobjPoint {
-        self.point.take().expect("not consumed yet")
-    }
 }
 
-fn signal_or_log(point: &SyncobjPoint) {
-    if let Err(err) = point.signal() {
-        // The syncobj is ours (an imported handle), so this is a kernel or device failure.
-        tracing::error!(%err, point = point.point(), "signalling a syncobj release point failed");
-    }
-}
-
-impl Drop for ReleasePoint {
-    fn drop(&mut self) {
-        if self.point.is_none() {
-            return; // consumed: signalled, or handed over
-        }
-        let point = ReleasePoint {
-            point: self.point.take(),
-            sampled: self.sampled.take(),
-            counters: self.counters.take(),
-        };
-        let cpu = point.sampled.is_none();
+impl Settle for Debt {
+    fn settle(self) {
+        let cpu = self.sampled.is_none();
         // An import failure is logged (and falls back to the CPU) inside; log a CPU failure.
-        if let Err(err) = point.release() {
+        if let Err(err) = self.release() {
             if cpu {
                 tracing::error!(%err, "signalling a syncobj release point failed");
             }
@@ -232,14 +267,14 @@ impl Drop for ReleasePoint {
 
 impl fmt::Debug for ReleasePoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.point {
-            Some(point) => f
+        self.owed.with(|debt| match debt {
+            Some(debt) => f
                 .debug_struct("ReleasePoint")
-                .field("syncobj", point.syncobj())
-                .field("point", &point.point())
-                .field("sampled", &self.sampled.is_some())
+                .field("syncobj", debt.point.syncobj())
+                .field("point", &debt.point.point())
+                .field("sampled", &debt.sampled.is_some())
                 .finish(),
-            None => f.write_str("ReleasePoint(consumed)"),
-        }
+            None => f.write_str("ReleasePoint(signalled)"),
+        })
     }
 }

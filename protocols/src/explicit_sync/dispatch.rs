@@ -187,6 +187,7 @@ where
                     // No state, no global: only reachable while the compositor tears it down.
                     None => BufferRelease::new(release, Default::default()),
                 };
+                owed.due_with(&surface);
                 with_states(&surface, |states| {
                     states
                         .cached_state
@@ -276,16 +277,13 @@ fn commit_hook<D: ExplicitSyncHandler + 'static>(
     });
 }
 
-/// Destruction hook: the surface's pending and current releases are due now. (States still
-/// queued behind a blocker are dropped, and so released, with the surface's data.)
+/// Destruction hook: every release of the surface is due now, pending, current or in a commit
+/// still queued behind a blocker (see `crate::owed`); its acquire fences are dropped.
 fn destruction_hook<D: ExplicitSyncHandler + 'static>(_state: &mut D, surface: &WlSurface) {
-    let owed = with_states(surface, |states| {
+    crate::owed::settle_all_on::<super::release::Debt>(surface);
+    with_states(surface, |states| {
         let mut cached = states.cached_state.get::<ExplicitSyncCachedState>();
-        let pending = cached.pending().release.take();
-        let current = cached.current().release.take();
         cached.pending().acquire = None;
         cached.current().acquire = None;
-        [pending, current]
     });
-    drop(owed);
 }

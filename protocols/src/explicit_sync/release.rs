@@ -38,8 +38,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use fence_bridge::SyncFile;
+use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_protocols::wp::linux_explicit_synchronization::zv1::server::zwp_linux_buffer_release_v1::ZwpLinuxBufferReleaseV1;
 use smithay::reexports::wayland_server::Resource;
+
+use crate::owed::{Owed, Settle};
 
 /// User data of a `zwp_linux_buffer_release_v1`: whether its one event has been sent.
 #[derive(Debug, Default)]
@@ -126,10 +129,17 @@ impl BufferReleaseCounters {
 /// An owed release event: whoever holds it owes the client exactly one event, and dropping it
 /// sends it: `fenced_release` after the fence of the last frame that sampled the buffer
 /// ([`BufferRelease::sampled_by`]), else `immediate_release` (see [the module
-/// docs](crate::explicit_sync)).
+/// docs](crate::explicit_sync)). Destroying the surface sends it at once wherever it is, even in
+/// a commit still queued behind a blocker (see `crate::owed`); the `BufferRelease` left behind
+/// is then spent.
 #[must_use = "dropping a BufferRelease sends its release event to the client at once"]
 pub struct BufferRelease {
-    object: Option<ZwpLinuxBufferReleaseV1>,
+    owed: Owed<Debt>,
+}
+
+/// What a [`BufferRelease`] owes, until sent.
+pub(crate) struct Debt {
+    object: ZwpLinuxBufferReleaseV1,
     /// The fence of the last frame that sampled the buffer.
     sampled: Option<Arc<SyncFile>>,
     counters: Arc<BufferReleaseCounters>,
@@ -144,33 +154,67 @@ impl BufferRelease {
     ) -> BufferRelease {
         counters.taken.fetch_add(1, Ordering::Relaxed);
         BufferRelease {
-            object: Some(object),
-            sampled: None,
-            counters,
+            owed: Owed::new(Debt {
+                object,
+                sampled: None,
+                counters,
+            }),
         }
+    }
+
+    /// Makes `surface`'s destruction send this release, wherever it is then.
+    pub(crate) fn due_with(&self, surface: &WlSurface) {
+        self.owed.list_on(surface);
     }
 
     /// Records that a frame sampled the buffer: `fence` is that frame's render fence, `None`
     /// when its work is known complete. The last call wins (frames complete in order). When the
     /// release is due, a recorded fence goes out as `fenced_release`.
     pub fn sampled_by(&mut self, fence: Option<Arc<SyncFile>>) {
-        self.sampled = fence;
+        self.owed.with(|debt| {
+            if let Some(debt) = debt {
+                debt.sampled = fence;
+            }
+        });
     }
 
     /// The fence recorded by [`BufferRelease::sampled_by`], if any.
-    pub fn sampled_fence(&self) -> Option<&SyncFile> {
-        self.sampled.as_deref()
+    pub fn sampled_fence(&self) -> Option<Arc<SyncFile>> {
+        self.owed.with(|debt| debt.and_then(|d| d.sampled.clone()))
+    }
+
+    /// The release object; `None` once its event went out (its surface was destroyed).
+    pub fn object(&self) -> Option<ZwpLinuxBufferReleaseV1> {
+        self.owed.with(|debt| debt.map(|d| d.object.clone()))
     }
 
     /// Sends the one event now: what [`Drop`] does. Returns whether an event went out (false
-    /// when the client is gone or the object was released already).
-    pub fn release(mut self) -> bool {
-        let object = self.object.take().expect("not consumed yet");
-        let sampled = self.sampled.take();
-        self.send(&object, sampled.as_deref())
+    /// when the client is gone or the event went out already).
+    pub fn release(self) -> bool {
+        self.owed.take().is_some_and(Debt::send_sampled)
     }
 
-    fn send(&self, object: &ZwpLinuxBufferReleaseV1, fence: Option<&SyncFile>) -> bool {
+    /// Sends `immediate_release` now, ignoring any recorded fence: for a caller that knows the
+    /// compositor has finished with the buffer.
+    pub fn immediate(self) -> bool {
+        self.owed.take().is_some_and(|debt| debt.send(None))
+    }
+
+    /// Sends `fenced_release` with `fence` now: the buffer may be reused once the fence signals.
+    /// The caller keeps `fence` (the event carries a duplicate of the fd).
+    pub fn fenced(self, fence: &SyncFile) -> bool {
+        self.owed.take().is_some_and(|debt| debt.send(Some(fence)))
+    }
+}
+
+impl Debt {
+    fn send_sampled(mut self) -> bool {
+        let sampled = self.sampled.take();
+        self.send(sampled.as_deref())
+    }
+
+    fn send(self, fence: Option<&SyncFile>) -> bool {
+        let object = &self.object;
         if !object.is_alive() {
             self.counters.client_gone.fetch_add(1, Ordering::Relaxed);
             return false;
@@ -190,47 +234,23 @@ impl BufferRelease {
         }
         true
     }
-
-    /// The release object.
-    pub fn object(&self) -> &ZwpLinuxBufferReleaseV1 {
-        self.object
-            .as_ref()
-            .expect("a BufferRelease holds its object until it is consumed")
-    }
-
-    /// Sends `immediate_release` now, ignoring any recorded fence: for a caller that knows the
-    /// compositor has finished with the buffer.
-    pub fn immediate(mut self) -> bool {
-        let object = self.object.take().expect("not consumed yet");
-        self.send(&object, None)
-    }
-
-    /// Sends `fenced_release` with `fence` now: the buffer may be reused once the fence signals.
-    /// The caller keeps `fence` (the event carries a duplicate of the fd).
-    pub fn fenced(mut self, fence: &SyncFile) -> bool {
-        let object = self.object.take().expect("not consumed yet");
-        self.send(&object, Some(fence))
-    }
 }
 
-impl Drop for BufferRelease {
-    fn drop(&mut self) {
-        if let Some(object) = self.object.take() {
-            let sampled = self.sampled.take();
-            self.send(&object, sampled.as_deref());
-        }
+impl Settle for Debt {
+    fn settle(self) {
+        self.send_sampled();
     }
 }
 
 impl fmt::Debug for BufferRelease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.object {
-            Some(object) => f
+        self.owed.with(|debt| match debt {
+            Some(debt) => f
                 .debug_struct("BufferRelease")
-                .field("object", &object.id())
-                .field("sampled", &self.sampled.is_some())
+                .field("object", &debt.object.id())
+                .field("sampled", &debt.sampled.is_some())
                 .finish(),
-            None => f.write_str("BufferRelease(consumed)"),
-        }
+            None => f.write_str("BufferRelease(sent)"),
+        })
     }
 }
