@@ -1,11 +1,12 @@
-//! linux-drm-syncobj-v1 timelines for the kernel tests: real syncobjs on a DRM device, imported
-//! by a client, and waiting for their release points.
+//! linux-drm-syncobj-v1 timelines for the kernel tests: panicking wrappers over
+//! `fencegate_clients::syncobj_timeline` (real syncobjs on a DRM device, imported by a client,
+//! and kernel waits for their release points), which the example clients use too.
 
-use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fence_bridge::{DrmDevice, Syncobj};
-use fencegate_clients::{Client, IgnoreEvents};
+use fencegate_clients::syncobj_timeline::{import_timeline, wait_signalled};
+use fencegate_clients::Client;
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_manager_v1::WpLinuxDrmSyncobjManagerV1;
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_timeline_v1::WpLinuxDrmSyncobjTimelineV1;
 
@@ -18,23 +19,17 @@ pub fn timeline(
     manager: &WpLinuxDrmSyncobjManagerV1,
     device: &DrmDevice,
 ) -> (Syncobj, WpLinuxDrmSyncobjTimelineV1) {
-    let syncobj = Syncobj::create(device).expect("DRM_IOCTL_SYNCOBJ_CREATE");
-    let fd = syncobj.export().expect("DRM_IOCTL_SYNCOBJ_HANDLE_TO_FD");
-    let object = manager.import_timeline(fd.as_fd(), client.qh(), IgnoreEvents);
-    (syncobj, object)
+    let timeline = import_timeline(client, manager, device)
+        .unwrap_or_else(|err| panic!("a timeline syncobj, exported and imported: {err:#}"));
+    (timeline.syncobj, timeline.object)
 }
 
-/// Waits until `syncobj` reaches `point`; fails the test (naming `what`) if it does not within
-/// the timeout.
+/// Waits (in the kernel) until `syncobj` reaches `point`; fails the test (naming `what`) if it
+/// does not within the timeout.
 #[track_caller]
 pub fn assert_released(syncobj: &Syncobj, point: u64, what: &str) {
-    let deadline = Instant::now() + RELEASE_TIMEOUT;
-    while syncobj.query().unwrap() < point {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: release point {point} never signalled"
-        );
-        std::thread::sleep(Duration::from_millis(5));
+    if let Err(err) = wait_signalled(syncobj, point, RELEASE_TIMEOUT) {
+        panic!("{what}: release point {point} never signalled: {err:#}");
     }
 }
 
