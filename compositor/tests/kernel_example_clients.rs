@@ -390,4 +390,23 @@ fn late_points_rewrites_and_floods_are_answered_as_documented() {
     assert!(outcome.as_expected, "{outcome}");
     let s = others_carry_on(&server, &mut bystander);
     assert_eq!(s.release.owed(), 0, "{s:?}");
+
+    // Gone with a commit still held on its acquire point: every release point is signalled,
+    // the held commit's too, and its wait is given up at once.
+    for scenario in [
+        Scenario::DestroyWithPointsPending,
+        Scenario::DisconnectWithPointsPending,
+    ] {
+        let abandoned = server.snapshot().unwrap().acquire.abandoned;
+        let outcome = misbehave::run(&misbehave_args(&server, scenario, &[]))
+            .unwrap_or_else(|err| panic!("{}: {err:#}", scenario.name()));
+        assert!(outcome.as_expected, "{}: {outcome}", scenario.name());
+        let s = server
+            .wait_for("the held commit's wait given up", T, |s| {
+                s.acquire.abandoned > abandoned && s.release.owed() == 0
+            })
+            .unwrap_or_else(|err| panic!("{}: {err:#}", scenario.name()));
+        assert_eq!(s.release.owed(), 0, "{}: {s:?}", scenario.name());
+    }
+    others_carry_on(&server, &mut bystander);
 }
