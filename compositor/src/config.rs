@@ -68,7 +68,8 @@ impl std::str::FromStr for OutputSize {
 #[command(
     name = "fencegate",
     version,
-    about = "A Smithay compositor that never blocks on a client fence"
+    about = "A Smithay compositor that never blocks on a client fence",
+    after_help = "To test how a client uses explicit and implicit sync: fencegate check --help"
 )]
 pub struct Config {
     /// Backend to run on.
@@ -121,6 +122,11 @@ pub struct Config {
     /// Client to spawn with WAYLAND_DISPLAY set; fencegate exits with its status when it exits.
     #[arg(last = true, value_name = "CMD ARGS")]
     pub command: Vec<String>,
+
+    /// Print nothing on stdout, and send the client's stdout to stderr (`fencegate check`
+    /// keeps stdout for its report).
+    #[arg(skip)]
+    pub quiet: bool,
 }
 
 /// `--fence-timeout-action`.

@@ -5,6 +5,8 @@
 //! [`testing::TestServer`].
 
 pub mod backend;
+pub mod check;
+pub mod client_log;
 pub mod config;
 mod frame_clock;
 mod handlers;

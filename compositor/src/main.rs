@@ -8,6 +8,11 @@ use smithay::reexports::calloop::signals::{Signal, Signals};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("check") {
+        let status = fencegate::check::main(&args[2..]);
+        return ExitCode::from(status.clamp(0, 255) as u8);
+    }
     let config = Config::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

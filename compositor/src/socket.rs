@@ -43,7 +43,7 @@ pub fn listen(
                         if let Err(err) = state
                             .core
                             .display_handle
-                            .insert_client(stream, new_client_data())
+                            .insert_client(stream, new_client_data(&state.core.client_log))
                         {
                             warn!("cannot add a new client: {err}");
                         }

@@ -11,10 +11,13 @@ use tracing::info;
 use crate::state::State;
 
 /// Starts `command` with WAYLAND_DISPLAY set to `socket`; when it exits, the compositor stops
-/// with the client's status (128 + signal if it was killed, as shells report it).
+/// with the client's status (128 + signal if it was killed, as shells report it). With
+/// `stdout_to_stderr` the client writes its stdout to our stderr (`fencegate check` keeps
+/// stdout for its report).
 pub fn spawn_client(
     command: &[String],
     socket: &str,
+    stdout_to_stderr: bool,
     handle: &LoopHandle<'static, State>,
 ) -> anyhow::Result<()> {
     let (program, args) = command
@@ -26,6 +29,9 @@ pub fn spawn_client(
         .env("WAYLAND_DISPLAY", socket)
         // A nested client must not find the host's X server instead of us.
         .env_remove("DISPLAY");
+    if stdout_to_stderr {
+        command.stdout(std::io::stderr());
+    }
     // Our SIGINT/SIGTERM are blocked (they arrive through a signalfd) and a blocked mask is
     // inherited across exec: without this the client could not be stopped by either.
     // SAFETY: only async-signal-safe calls between fork and exec.

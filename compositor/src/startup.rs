@@ -66,15 +66,22 @@ pub fn run(config: Config, setup: Option<Setup>) -> anyhow::Result<i32> {
         .map_err(|err| anyhow!("inserting the display source: {err}"))?;
 
     let socket_name = socket::listen(config.socket.as_deref(), &event_loop.handle())?;
-    println!(
-        "fencegate: listening on WAYLAND_DISPLAY={socket_name} (backend {:?}, renderer {})",
-        config.backend.resolve(),
-        state.backend.renderer_name()
-    );
+    if !config.quiet {
+        println!(
+            "fencegate: listening on WAYLAND_DISPLAY={socket_name} (backend {:?}, renderer {})",
+            config.backend.resolve(),
+            state.backend.renderer_name()
+        );
+    }
     state.core.socket_name = socket_name.clone();
 
     if !config.command.is_empty() {
-        spawn::spawn_client(&config.command, &socket_name, &event_loop.handle())?;
+        spawn::spawn_client(
+            &config.command,
+            &socket_name,
+            config.quiet,
+            &event_loop.handle(),
+        )?;
     }
     if let Some(setup) = setup {
         setup(&mut state)?;
@@ -89,6 +96,9 @@ pub fn run(config: Config, setup: Option<Setup>) -> anyhow::Result<i32> {
         })
         .context("running the event loop")?;
 
+    for at_exit in std::mem::take(&mut state.core.at_exit) {
+        at_exit(&mut state);
+    }
     let code = state.core.exit_code.unwrap_or(0);
     // Dropping the state and the loop removes the socket and its lock file.
     drop(state);
@@ -159,7 +169,10 @@ fn build_state(
     let mut space = Space::default();
     space.map_output(&output, (0, 0));
 
-    let dmabuf = create_dmabuf_global(&mut backend, &display_handle);
+    let (dmabuf, dmabuf_version) = match create_dmabuf_global(&mut backend, &display_handle) {
+        Some((state, global, version)) => (Some((state, global)), version),
+        None => (None, 0),
+    };
     let mut drm_syncobj = create_drm_syncobj_global(&backend, &display_handle);
     let mut implicit_sync = ImplicitSyncState::new();
     implicit_sync.set_timeout(config.fence_timeout());
@@ -186,6 +199,7 @@ fn build_state(
         viewporter_state: ViewporterState::new::<State>(&display_handle),
         presentation_state: PresentationState::new::<State>(&display_handle, clock.id() as u32),
         dmabuf,
+        dmabuf_version,
         drm_syncobj,
         explicit_sync,
         implicit_sync,
@@ -209,6 +223,8 @@ fn build_state(
         frame_interval: config.frame_interval(),
         surfaces_alive: 0,
         capture_requests: Vec::new(),
+        client_log: Default::default(),
+        at_exit: Vec::new(),
         display_handle,
         loop_handle: loop_handle.clone(),
         loop_signal,
@@ -225,7 +241,7 @@ fn build_state(
 fn create_dmabuf_global(
     backend: &mut Backend,
     display_handle: &DisplayHandle,
-) -> Option<(DmabufState, smithay::wayland::dmabuf::DmabufGlobal)> {
+) -> Option<(DmabufState, smithay::wayland::dmabuf::DmabufGlobal, u32)> {
     let formats = backend.dmabuf_formats();
     if formats.iter().next().is_none() {
         info!("linux-dmabuf not advertised: the renderer imports no dma-buf format");
@@ -239,20 +255,23 @@ fn create_dmabuf_global(
             .ok()
             .map(|feedback| (node, feedback))
     });
-    let global = match feedback {
+    let (global, version) = match feedback {
         Some((node, feedback)) => {
             info!(%node, formats = formats.iter().count(), "linux-dmabuf v5 with default feedback");
-            state.create_global_with_default_feedback::<State>(display_handle, &feedback)
+            let global =
+                state.create_global_with_default_feedback::<State>(display_handle, &feedback);
+            (global, 5)
         }
         None => {
             info!(
                 formats = formats.iter().count(),
                 "linux-dmabuf v3 (no render node for feedback)"
             );
-            state.create_global::<State>(display_handle, formats.into_iter().collect::<Vec<_>>())
+            let formats = formats.into_iter().collect::<Vec<_>>();
+            (state.create_global::<State>(display_handle, formats), 3)
         }
     };
-    Some((state, global))
+    Some((state, global, version))
 }
 
 /// linux-drm-syncobj-v1 on the first DRM render node with timeline syncobjs (the renderer's

@@ -13,6 +13,8 @@ use smithay::output::Output;
 use smithay::reexports::calloop::{LoopHandle, LoopSignal};
 use smithay::reexports::wayland_server::backend::{ClientData, ClientId, DisconnectReason};
 use smithay::reexports::wayland_server::DisplayHandle;
+
+use crate::client_log::ClientLog;
 use smithay::utils::{Clock, Monotonic};
 use smithay::wayland::compositor::{CompositorClientState, CompositorState};
 use smithay::wayland::dmabuf::{DmabufGlobal, DmabufState};
@@ -53,6 +55,8 @@ pub struct Core {
     pub presentation_state: PresentationState,
     /// None where the renderer imports no dma-buf format (the log says why).
     pub dmabuf: Option<(DmabufState, DmabufGlobal)>,
+    /// The linux-dmabuf version advertised (0: none; 5 with default feedback, else 3).
+    pub dmabuf_version: u32,
     /// linux-drm-syncobj-v1; None where no DRM node has timeline syncobjs (the log says why).
     pub drm_syncobj: Option<DrmSyncobjState>,
     /// zwp_linux_explicit_synchronization_v1; None where linux-dmabuf is not advertised.
@@ -81,6 +85,10 @@ pub struct Core {
     pub surfaces_alive: usize,
     /// Asked-for captures of the next frame (embedders and tests).
     pub capture_requests: Vec<CaptureRequest>,
+    /// Connections, protocol errors and commits of the session's clients.
+    pub client_log: ClientLog,
+    /// Run once the loop has stopped, before the state is dropped (`fencegate check`'s report).
+    pub at_exit: Vec<Box<dyn FnOnce(&mut State)>>,
 }
 
 /// Called with the next frame's pixels.
@@ -114,23 +122,28 @@ impl Core {
     }
 }
 
-/// Per-client data Smithay needs.
-#[derive(Default)]
+/// Per-client data Smithay needs, and where its disconnection is recorded.
 pub struct ClientState {
     pub compositor_state: CompositorClientState,
+    log: ClientLog,
 }
 
 impl ClientData for ClientState {
     fn initialized(&self, client_id: ClientId) {
         tracing::debug!(?client_id, "client connected");
+        self.log.connected();
     }
 
     fn disconnected(&self, client_id: ClientId, reason: DisconnectReason) {
         tracing::debug!(?client_id, ?reason, "client disconnected");
+        self.log.disconnected(&reason);
     }
 }
 
-/// Client data to insert a new client with.
-pub fn new_client_data() -> Arc<ClientState> {
-    Arc::new(ClientState::default())
+/// Client data to insert a new client with, recording into `log`.
+pub fn new_client_data(log: &ClientLog) -> Arc<ClientState> {
+    Arc::new(ClientState {
+        compositor_state: CompositorClientState::default(),
+        log: log.clone(),
+    })
 }

@@ -37,12 +37,13 @@ use smithay::wayland::compositor::CompositorHandler;
 
 use crate::commit_blocker::{block_commit, BlockedOn, Counted};
 use crate::implicit_sync::TimeoutAction;
+use crate::wait_times::WaitTimes;
 
 /// How long a commit waits for its acquire point or fence before it is reported.
 pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How acquire points (or fences) were waited for, since the state was created.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AcquireStats {
     /// Commits whose acquire point had signalled at commit time: one query ioctl, nothing else.
     pub already_signaled: u64,
@@ -54,6 +55,16 @@ pub struct AcquireStats {
     pub timed_out: u64,
     /// Blocked commits given up because their surface or client went away first.
     pub abandoned: u64,
+    /// How long each released commit waited, from its commit to its acquire fence's signal.
+    pub waited: WaitTimes,
+}
+
+impl AcquireStats {
+    /// Blocked commits still waiting now.
+    pub fn waiting(&self) -> u64 {
+        self.blocked
+            .saturating_sub(self.released + self.abandoned)
+    }
 }
 
 /// Where a protocol keeps its [`AcquireStats`] in the compositor state (`None` while the
@@ -118,7 +129,10 @@ impl<D: 'static> BlockedOn<D> for AcquireFence<D> {
         match step {
             Counted::AlreadySignaled => stats.already_signaled += 1,
             Counted::Blocked => stats.blocked += 1,
-            Counted::Released => stats.released += 1,
+            Counted::Released(waited) => {
+                stats.released += 1;
+                stats.waited.record(waited);
+            }
             Counted::TimedOut => stats.timed_out += 1,
             Counted::Abandoned => stats.abandoned += 1,
             Counted::Disconnected => {}

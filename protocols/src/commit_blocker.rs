@@ -36,8 +36,8 @@ pub(crate) enum Counted {
     AlreadySignaled,
     /// The commit is held by a blocker.
     Blocked,
-    /// The fences signalled and the commit was released.
-    Released,
+    /// The fences signalled and the commit was released, after waiting this long.
+    Released(Duration),
     /// The timeout elapsed (counted once per commit).
     TimedOut,
     /// The client was disconnected ([`TimeoutAction::Disconnect`]).
@@ -259,7 +259,7 @@ where
     W: BlockedOn<D>,
 {
     wait.barrier.signal();
-    wait.what.count(state, Counted::Released);
+    wait.what.count(state, Counted::Released(wait.since.elapsed()));
     wait.what.signalled(status);
     let Ok(surface) = wait.surface.upgrade() else {
         return; // Smithay cancels the transactions of a dead surface itself

@@ -263,7 +263,7 @@ impl<D: ImplicitSyncHandler + 'static> BlockedOn<D> for DmaBufPlanes<D> {
         match step {
             Counted::AlreadySignaled => stats.idle += 1,
             Counted::Blocked => stats.blocked += 1,
-            Counted::Released => stats.released += 1,
+            Counted::Released(_) => stats.released += 1,
             Counted::TimedOut => stats.timed_out += 1,
             Counted::Disconnected => stats.disconnected += 1,
             Counted::Abandoned => stats.abandoned += 1,

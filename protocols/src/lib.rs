@@ -28,6 +28,7 @@ pub mod explicit_sync;
 pub mod implicit_sync;
 mod owed;
 mod surface_link;
+pub mod wait_times;
 
 pub use implicit_sync::TimeoutAction;
 

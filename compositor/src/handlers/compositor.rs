@@ -12,6 +12,7 @@ use smithay::wayland::compositor::{
 use smithay::wayland::shm::{ShmHandler, ShmState};
 use smithay::{delegate_compositor, delegate_shm};
 
+use crate::client_log::CommitKind;
 use crate::state::{ClientState, State};
 
 impl CompositorHandler for State {
@@ -47,6 +48,7 @@ impl CompositorHandler for State {
 
     fn commit(&mut self, surface: &WlSurface) {
         on_commit_buffer_handler::<Self>(surface);
+        self.core.client_log.committed(commit_kind(surface));
         if !is_sync_subsurface(surface) {
             let mut root = surface.clone();
             while let Some(parent) = get_parent(&root) {
@@ -57,6 +59,18 @@ impl CompositorHandler for State {
             }
         }
         self.core.xdg_commit(surface);
+    }
+}
+
+/// What `surface` shows after its commit was applied.
+fn commit_kind(surface: &WlSurface) -> CommitKind {
+    use smithay::backend::renderer::utils::with_renderer_surface_state;
+    let buffer = with_renderer_surface_state(surface, |state| state.buffer().map(|b| (*b).clone()))
+        .flatten();
+    match buffer {
+        None => CommitKind::WithoutBuffer,
+        Some(buffer) if smithay::wayland::dmabuf::get_dmabuf(&buffer).is_ok() => CommitKind::Dmabuf,
+        Some(_) => CommitKind::Shm,
     }
 }
 

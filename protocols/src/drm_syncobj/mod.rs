@@ -76,6 +76,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod buffer_reuse;
 mod dispatch;
 mod release;
 pub mod validation;
@@ -93,6 +94,7 @@ use smithay::reexports::wayland_server::{Client, DisplayHandle, GlobalDispatch, 
 use smithay::wayland::compositor::Cacheable;
 
 pub use crate::acquire_wait::AcquireStats;
+pub use buffer_reuse::BufferReuseStats;
 pub use release::{ReleaseCounters, ReleasePoint, ReleaseStats};
 pub use wait::{wait_for_acquire_points, DEFAULT_ACQUIRE_TIMEOUT};
 
@@ -118,6 +120,8 @@ pub struct DrmSyncobjState {
     timeout_action: crate::TimeoutAction,
     stats: AcquireStats,
     release_counters: Arc<ReleaseCounters>,
+    pub(crate) binds: u64,
+    pub(crate) buffer_reuse: buffer_reuse::BufferReuse,
 }
 
 /// The import device cannot wait for timeline points without a thread, so the global must not
@@ -193,6 +197,8 @@ impl DrmSyncobjState {
             timeout_action: crate::TimeoutAction::Report,
             stats: AcquireStats::default(),
             release_counters: Arc::default(),
+            binds: 0,
+            buffer_reuse: Default::default(),
         })
     }
 
@@ -231,7 +237,17 @@ impl DrmSyncobjState {
 
     /// How acquire points were waited for so far.
     pub fn stats(&self) -> AcquireStats {
-        self.stats
+        self.stats.clone()
+    }
+
+    /// How many times clients bound the global.
+    pub fn binds(&self) -> u64 {
+        self.binds
+    }
+
+    /// How clients reused their buffers: after the release point signalled, or before.
+    pub fn buffer_reuse_stats(&self) -> BufferReuseStats {
+        self.buffer_reuse.stats().clone()
     }
 
     /// Every release point clients have set so far, and how each was signalled: after a

@@ -43,7 +43,8 @@
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use fence_bridge::{SyncFile, SyncobjPoint};
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
@@ -64,6 +65,8 @@ pub(crate) struct Debt {
     sampled: Option<Arc<SyncFile>>,
     /// Where to count how the point was released.
     counters: Option<Arc<ReleaseCounters>>,
+    /// When it was released (signalled, or given the fence to signal after).
+    released_at: Arc<OnceLock<Instant>>,
 }
 
 /// How many release points were taken on and how they were signalled (see [`ReleaseCounters`]).
@@ -129,6 +132,7 @@ impl ReleasePoint {
                 point,
                 sampled: None,
                 counters: None,
+                released_at: Arc::default(),
             }),
         }
     }
@@ -141,6 +145,7 @@ impl ReleasePoint {
                 point,
                 sampled: None,
                 counters: Some(counters),
+                released_at: Arc::default(),
             }),
         }
     }
@@ -169,6 +174,11 @@ impl ReleasePoint {
     /// The fence recorded by [`ReleasePoint::sampled_by`], if any.
     pub fn sampled_fence(&self) -> Option<Arc<SyncFile>> {
         self.owed.with(|debt| debt.and_then(|d| d.sampled.clone()))
+    }
+
+    /// Where the time of its release will be written; `None` once it has been released.
+    pub(crate) fn released_at(&self) -> Option<Arc<OnceLock<Instant>>> {
+        self.owed.with(|debt| debt.map(|d| d.released_at.clone()))
     }
 
     /// The point owed; `None` once it has been signalled (its surface was destroyed).
@@ -226,11 +236,13 @@ impl Debt {
     }
 
     fn signal(self) -> io::Result<()> {
+        let _ = self.released_at.set(Instant::now());
         count(&self.counters, |c| &c.cpu_signaled);
         self.point.signal()
     }
 
     fn signal_after(self, fence: &SyncFile) -> io::Result<()> {
+        let _ = self.released_at.set(Instant::now());
         let point = &self.point;
         match point.syncobj().import_sync_file(point.point(), fence) {
             Ok(()) => {

@@ -29,15 +29,19 @@ impl<D> GlobalDispatch<ZwpLinuxExplicitSynchronizationV1, ExplicitSyncGlobalData
     for ExplicitSyncState
 where
     D: Dispatch<ZwpLinuxExplicitSynchronizationV1, ()> + 'static,
+    D: ExplicitSyncHandler + 'static,
 {
     fn bind(
-        _state: &mut D,
+        state: &mut D,
         _dh: &DisplayHandle,
         _client: &Client,
         resource: New<ZwpLinuxExplicitSynchronizationV1>,
         _global_data: &ExplicitSyncGlobalData,
         data_init: &mut DataInit<'_, D>,
     ) {
+        if let Some(sync_state) = state.explicit_sync_state() {
+            sync_state.binds += 1;
+        }
         data_init.init(resource, ());
     }
 

@@ -120,6 +120,7 @@ pub struct ExplicitSyncState {
     /// Release objects handed out, pruned of the ones that are done; swept at drop.
     owed: Vec<ZwpLinuxBufferReleaseV1>,
     release_counters: Arc<BufferReleaseCounters>,
+    pub(crate) binds: u64,
 }
 
 impl ExplicitSyncState {
@@ -153,6 +154,7 @@ impl ExplicitSyncState {
             stats: AcquireStats::default(),
             owed: Vec::new(),
             release_counters: Arc::default(),
+            binds: 0,
         }
     }
 
@@ -186,7 +188,12 @@ impl ExplicitSyncState {
 
     /// How acquire fences were waited for so far.
     pub fn stats(&self) -> AcquireStats {
-        self.stats
+        self.stats.clone()
+    }
+
+    /// How many times clients bound the global.
+    pub fn binds(&self) -> u64 {
+        self.binds
     }
 
     /// Release objects whose event has not been sent yet (of live clients).

@@ -104,6 +104,18 @@ pub fn vm_test(args: &[String]) -> Result<Totals> {
     let selection = select_kernel_tests(&opts)?;
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
 
+    // The example clients' binaries, which kernel tests run in the guest (where cargo cannot
+    // build: the guest's `/` is read-only). Same profile as the tests.
+    let mut build = Command::new(&cargo);
+    build.args(["build", "--quiet", "-p", "fencegate-clients", "--bins"]);
+    if opts.release {
+        build.arg("--release");
+    }
+    let status = build.status().context("running cargo build for the example clients")?;
+    if !status.success() {
+        bail!("vm-test: building the example clients failed ({status})");
+    }
+
     let mut totals = Totals::default();
     for (pkg, KernelTests { tests, features }) in &selection {
         let mut cmd = Command::new(&cargo);
