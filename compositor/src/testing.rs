@@ -237,7 +237,9 @@ fn answer(state: &mut State, request: Request) {
             let handles = state.core.drm_syncobj.as_ref().map(|syncobj| {
                 let device = syncobj.import_device();
                 let objects: Vec<_> = (0..n)
-                    .map(|_| fence_bridge::Syncobj::create(device).expect("DRM_IOCTL_SYNCOBJ_CREATE"))
+                    .map(|_| {
+                        fence_bridge::Syncobj::create(device).expect("DRM_IOCTL_SYNCOBJ_CREATE")
+                    })
                     .collect();
                 objects.iter().map(|o| u32::from(o.handle())).collect()
             });
@@ -299,10 +301,7 @@ fn snapshot(state: &State) -> Snapshot {
             .as_ref()
             .map(|s| s.stats())
             .unwrap_or_default(),
-        explicit_releases_owed: core
-            .explicit_sync
-            .as_ref()
-            .map_or(0, |s| s.releases_owed()),
+        explicit_releases_owed: core.explicit_sync.as_ref().map_or(0, |s| s.releases_owed()),
         explicit_release: core
             .explicit_sync
             .as_ref()

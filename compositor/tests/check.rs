@@ -7,7 +7,7 @@ mod common;
 
 use std::process::Command;
 
-use common::check_report::{check, finding_kinds};
+use common::check_report::{check, check_program, finding_kinds};
 use common::fencegate_bin;
 
 #[test]
@@ -21,7 +21,7 @@ fn an_shm_client_runs_clean_and_the_report_matches_the_schema() {
 
 #[test]
 fn a_client_that_fails_by_itself_exits_2_with_its_status_in_the_report() {
-    let (status, r) = check(&[], "false", &[]);
+    let (status, r) = check_program(&[], "false", &[]);
     assert_eq!(status, 2, "{r:#}");
     assert_eq!(r["client_exit_status"], 1);
     assert!(finding_kinds(&r).is_empty());

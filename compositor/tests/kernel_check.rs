@@ -16,6 +16,14 @@ use common::check_report::{check, finding_kinds as kinds};
 use common::{vgem_card, virtio_gpu_render};
 use serde_json::Value;
 
+/// One check at a time: the acquire delays below must not be eaten by a loaded guest.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The devices every client here needs: virtio-gpu (timelines, GBM) and vgem (fences).
 fn devices() -> Option<()> {
     virtio_gpu_render()?;
@@ -24,38 +32,63 @@ fn devices() -> Option<()> {
 }
 
 fn n(value: &Value) -> u64 {
-    value.as_u64().unwrap_or_else(|| panic!("not a count: {value}"))
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("not a count: {value}"))
 }
 
 #[test]
 fn well_behaved_clients_run_clean() {
+    let _serial = serial();
     let Some(()) = devices() else {
         return;
     };
-    // linux-drm-syncobj-v1: every acquire point signalled 30 ms after its commit.
-    let (status, r) = check(&[], "syncobj-client", &["--frames", "8", "--acquire-delay-ms", "30"]);
+    // linux-drm-syncobj-v1: every acquire point signalled 150 ms after its commit (long enough
+    // that fencegate sees each commit before its point signals, even in the slow guest).
+    let (status, r) = check(
+        &[],
+        "syncobj-client",
+        &["--frames", "8", "--acquire-delay-ms", "150"],
+    );
     assert_eq!((status, kinds(&r)), (0, vec![]), "{r:#}");
     let s = &r["drm_syncobj"];
-    assert_eq!(n(&r["protocols"]["wp_linux_drm_syncobj_manager_v1"]["binds"]), 1, "{r:#}");
+    assert_eq!(
+        n(&r["protocols"]["wp_linux_drm_syncobj_manager_v1"]["binds"]),
+        1,
+        "{r:#}"
+    );
     assert!(n(&s["acquire"]["waited"]) >= 8, "{r:#}");
     // Every wait was measured (from the commit's arrival to the point's signal).
-    assert_eq!(n(&s["acquire"]["wait_ms"]["count"]), n(&s["acquire"]["waited"]), "{r:#}");
+    assert_eq!(
+        n(&s["acquire"]["wait_ms"]["count"]),
+        n(&s["acquire"]["waited"]),
+        "{r:#}"
+    );
     assert_eq!(n(&s["acquire"]["never_signalled"]), 0, "{r:#}");
     assert_eq!(n(&s["release_points"]["owed_at_exit"]), 0, "{r:#}");
-    assert!(n(&s["buffer_reuse"]["reused"]) >= 6, "two buffers over eight frames: {r:#}");
+    assert!(
+        n(&s["buffer_reuse"]["reused"]) >= 6,
+        "two buffers over eight frames: {r:#}"
+    );
     assert_eq!(n(&s["buffer_reuse"]["rewritten_while_held"]), 0, "{r:#}");
-    assert!(s["buffer_reuse"]["release_to_reuse_ms"].is_object(), "{r:#}");
+    assert!(
+        s["buffer_reuse"]["release_to_reuse_ms"].is_object(),
+        "{r:#}"
+    );
     assert!(n(&r["commits"]["dmabuf"]) >= 8, "{r:#}");
 
     // zwp_linux_explicit_synchronization_v1 with vgem acquire fences.
     let (status, r) = check(
         &[],
         "explicit-sync-v1-client",
-        &["--frames", "6", "--acquire-delay-ms", "30"],
+        &["--frames", "6", "--acquire-delay-ms", "150"],
     );
     assert_eq!((status, kinds(&r)), (0, vec![]), "{r:#}");
     let v1 = &r["explicit_sync_v1"];
-    assert_eq!(n(&r["protocols"]["zwp_linux_explicit_synchronization_v1"]["binds"]), 1);
+    assert_eq!(
+        n(&r["protocols"]["zwp_linux_explicit_synchronization_v1"]["binds"]),
+        1
+    );
     assert!(n(&v1["acquire"]["waited"]) >= 6, "{r:#}");
     assert!(n(&v1["releases"]["requested"]) >= 6, "{r:#}");
     assert_eq!(
@@ -65,10 +98,17 @@ fn well_behaved_clients_run_clean() {
     );
 
     // Implicit sync: every buffer still being written (a vgem fence) when committed.
-    let (status, r) = check(&[], "dmabuf-implicit", &["--frames", "5", "--busy-ms", "40"]);
+    let (status, r) = check(
+        &[],
+        "dmabuf-implicit",
+        &["--frames", "5", "--busy-ms", "40"],
+    );
     assert_eq!((status, kinds(&r)), (0, vec![]), "{r:#}");
     assert!(n(&r["implicit_sync"]["busy_at_commit"]) >= 5, "{r:#}");
-    assert_eq!(n(&r["protocols"]["wp_linux_drm_syncobj_manager_v1"]["binds"]), 0);
+    assert_eq!(
+        n(&r["protocols"]["wp_linux_drm_syncobj_manager_v1"]["binds"]),
+        0
+    );
 
     // shm: nothing to sync, nothing found.
     let (status, r) = check(&[], "shm-client", &["--frames", "4"]);
@@ -78,23 +118,44 @@ fn well_behaved_clients_run_clean() {
 
 #[test]
 fn each_misbehaviour_gets_its_finding_and_exit_status() {
+    let _serial = serial();
     let Some(()) = devices() else {
         return;
     };
     // (scenario, extra arguments, the findings `check` must report: exit 1 iff any).
     let cases: &[(&str, &[&str], &[&str])] = &[
-        ("never-signals", &["--hold-ms", "1500"], &["fence_never_signalled"]),
+        (
+            "never-signals",
+            &["--hold-ms", "1500"],
+            &["fence_never_signalled"],
+        ),
         ("signals-late", &["--late-ms", "1500"], &[]),
-        ("rewrites-before-release", &[], &["buffer_rewritten_while_held"]),
+        (
+            "rewrites-before-release",
+            &[],
+            &["buffer_rewritten_while_held"],
+        ),
         ("points-without-buffer", &[], &["protocol_error"]),
         ("buffer-without-points", &[], &["protocol_error"]),
         ("acquire-not-before-release", &[], &["protocol_error"]),
         ("not-a-timeline", &[], &["protocol_error"]),
-        ("destroy-with-points-pending", &[], &["fence_never_signalled"]),
-        ("disconnect-with-points-pending", &[], &["fence_never_signalled"]),
+        (
+            "destroy-with-points-pending",
+            &[],
+            &["fence_never_signalled"],
+        ),
+        (
+            "disconnect-with-points-pending",
+            &[],
+            &["fence_never_signalled"],
+        ),
         // Two buffers alternating, each given a new acquire point while the previous commit of
         // it still waits: new work on buffers fencegate still holds.
-        ("flood-commits", &["--commits", "30"], &["buffer_rewritten_while_held"]),
+        (
+            "flood-commits",
+            &["--commits", "30"],
+            &["buffer_rewritten_while_held"],
+        ),
     ];
     for (scenario, extra, expected) in cases {
         let mut args = vec!["--scenario", scenario];
@@ -117,6 +178,7 @@ fn each_misbehaviour_gets_its_finding_and_exit_status() {
 
 #[test]
 fn trace_shows_the_clients_fences() {
+    let _serial = serial();
     let Some(()) = devices() else {
         return;
     };
@@ -138,5 +200,9 @@ fn trace_shows_the_clients_fences() {
             .filter(|e| e["cat"] == "fence" && e["ph"] == ph)
             .count()
     };
-    assert!(phase("b") >= 4 && phase("e") >= 4, "{} events", events.len());
+    assert!(
+        phase("b") >= 4 && phase("e") >= 4,
+        "{} events",
+        events.len()
+    );
 }

@@ -22,6 +22,7 @@ use common::syncobj::{assert_not_released, assert_released, timeline};
 use common::test_server::{bare_surface, client_with_global, configured_window, headless_server};
 use common::{find_color, rgb, vgem_card, virtio_gpu_render};
 use fencegate::testing::TestServer;
+use fencegate_clients::syncobj_timeline::set_points;
 use fencegate_clients::{Client, IgnoreEvents};
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_manager_v1::WpLinuxDrmSyncobjManagerV1;
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_surface_v1::WpLinuxDrmSyncobjSurfaceV1;
@@ -34,19 +35,6 @@ const SURFACE: &str = "wp_linux_drm_syncobj_surface_v1";
 /// A client with the manager bound.
 fn syncobj_client(server: &TestServer) -> (Client, WpLinuxDrmSyncobjManagerV1) {
     client_with_global(server, 1)
-}
-
-fn set_points(
-    surface: &WpLinuxDrmSyncobjSurfaceV1,
-    acquire: Option<(&WpLinuxDrmSyncobjTimelineV1, u64)>,
-    release: Option<(&WpLinuxDrmSyncobjTimelineV1, u64)>,
-) {
-    if let Some((timeline, point)) = acquire {
-        surface.set_acquire_point(timeline, (point >> 32) as u32, point as u32);
-    }
-    if let Some((timeline, point)) = release {
-        surface.set_release_point(timeline, (point >> 32) as u32, point as u32);
-    }
 }
 
 #[test]
@@ -274,5 +262,8 @@ fn dmabuf_commits_wait_for_acquire_points_in_order_and_release_what_they_replace
     let s = server.snapshot().unwrap();
     assert_eq!((s.release.taken, s.release.owed()), (4, 0), "{s:?}");
     assert!(s.release.cpu_signaled >= 1, "{s:?}");
-    assert!(s.release.fence_imported >= 2, "red and blue were drawn: {s:?}");
+    assert!(
+        s.release.fence_imported >= 2,
+        "red and blue were drawn: {s:?}"
+    );
 }

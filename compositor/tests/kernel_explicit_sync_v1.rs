@@ -269,9 +269,13 @@ fn expect_one_fenced_release(client: &mut Client, releases: &Releases, what: &st
     let Released::Fenced(fence) = &events[0] else {
         panic!("{what}: a buffer a GLES frame sampled gets fenced_release, not {events:?}");
     };
-    let info = fence.info().unwrap_or_else(|err| panic!("{what}: not a sync_file: {err}"));
+    let info = fence
+        .info()
+        .unwrap_or_else(|err| panic!("{what}: not a sync_file: {err}"));
     assert!(
-        fence.wait_timeout(Some(T)).expect("waiting on the release fence"),
+        fence
+            .wait_timeout(Some(T))
+            .expect("waiting on the release fence"),
         "{what}: the frame's fence never signalled: {info:?}"
     );
 }

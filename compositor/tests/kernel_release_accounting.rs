@@ -36,7 +36,9 @@ const T: Duration = Duration::from_secs(30);
 /// measures a rate other servers in the process would disturb.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// xorshift64*: a small, seedable generator, so a failing sequence can be replayed exactly.
@@ -68,6 +70,11 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
+}
+
+/// virtio-gpu's render node (timelines) and vgem's card node (dma-bufs).
+fn devices() -> Option<(DrmDevice, DrmDevice)> {
+    Some((virtio_gpu_render()?, vgem_card()?))
 }
 
 fn syncobj_client(server: &TestServer) -> (Client, WpLinuxDrmSyncobjManagerV1) {
@@ -125,11 +132,18 @@ impl Actor {
 
     fn open_window(&mut self, vgem: &DrmDevice, n: usize) {
         let (id, surface) = configured_window(&mut self.client, "churn", "test.churn", T);
-        let sync = self.manager.get_surface(&surface, self.client.qh(), IgnoreEvents);
+        let sync = self
+            .manager
+            .get_surface(&surface, self.client.qh(), IgnoreEvents);
         let colour = 0x0000_1000 * (n as u32 % 200 + 1);
         let buffers = [
             dmabuf_buffer(&mut self.client, &self.linux_dmabuf, vgem, colour),
-            dmabuf_buffer(&mut self.client, &self.linux_dmabuf, vgem, colour | 0x00ff_0000),
+            dmabuf_buffer(
+                &mut self.client,
+                &self.linux_dmabuf,
+                vgem,
+                colour | 0x00ff_0000,
+            ),
         ];
         self.windows.push(Window {
             id,
@@ -170,10 +184,7 @@ impl Actor {
 #[test]
 fn every_release_point_is_signalled_exactly_once_across_random_sequences() {
     let _serial = serial();
-    let Some(device) = virtio_gpu_render() else {
-        return;
-    };
-    let Some(vgem) = vgem_card() else {
+    let Some((device, vgem)) = devices() else {
         return;
     };
     let server = headless_server();
@@ -196,7 +207,11 @@ fn every_release_point_is_signalled_exactly_once_across_random_sequences() {
             45..=64 => {
                 if !ledger.pending_acquires.is_empty() {
                     let i = rng.below(ledger.pending_acquires.len());
-                    ledger.pending_acquires.swap_remove(i).signal_point(1).unwrap();
+                    ledger
+                        .pending_acquires
+                        .swap_remove(i)
+                        .signal_point(1)
+                        .unwrap();
                 }
             }
             // A commit without attach: keeps the buffer, and its release stays owed.
@@ -280,7 +295,10 @@ fn every_release_point_is_signalled_exactly_once_across_random_sequences() {
     assert_eq!(s.release.taken, ledger.releases.len() as u64, "{s:?}");
     assert_eq!(s.release.signalled(), s.release.taken, "{s:?}");
     assert_eq!(s.release.import_failed, 0, "{s:?}");
-    assert!(ledger.destroys > 0 && ledger.disconnects > 0, "the sequence exercised both");
+    assert!(
+        ledger.destroys > 0 && ledger.disconnects > 0,
+        "the sequence exercised both"
+    );
 }
 
 /// One client's whole life: a window, a timeline pair, a dma-buf committed with both points
@@ -305,10 +323,7 @@ fn client_lifetime(server: &TestServer, device: &DrmDevice, vgem: &DrmDevice, le
 #[test]
 fn a_thousand_clients_leave_no_fd_or_syncobj_handle_behind() {
     let _serial = serial();
-    let Some(device) = virtio_gpu_render() else {
-        return;
-    };
-    let Some(vgem) = vgem_card() else {
+    let Some((device, vgem)) = devices() else {
         return;
     };
     let server = headless_server();
@@ -325,7 +340,10 @@ fn a_thousand_clients_leave_no_fd_or_syncobj_handle_behind() {
         client_lifetime(&server, &device, &vgem, i % 2 == 1);
     }
     settle("the warm-up clients gone");
-    let handles_before = server.probe_syncobj_handles(PROBE).unwrap().expect("syncobj global");
+    let handles_before = server
+        .probe_syncobj_handles(PROBE)
+        .unwrap()
+        .expect("syncobj global");
     let fds_before = open_fd_count();
 
     // The measure sees a live client's imported timeline: its handle sits among the probed ones.
@@ -385,10 +403,7 @@ fn frames_in(client: &mut Client, w: WindowId, span: Duration) -> u32 {
 #[test]
 fn a_stuck_surface_leaves_other_clients_at_full_frame_rate() {
     let _serial = serial();
-    let Some(device) = virtio_gpu_render() else {
-        return;
-    };
-    let Some(vgem) = vgem_card() else {
+    let Some((device, vgem)) = devices() else {
         return;
     };
     let server = headless_server_with_args(&["--refresh", "30", "--fence-timeout", "300"]);
@@ -425,14 +440,21 @@ fn a_stuck_surface_leaves_other_clients_at_full_frame_rate() {
         s.acquire
     );
     assert_eq!(s.acquire.blocked, 6, "{s:?}");
-    assert_eq!(s.windows_with_content, 1, "only the bystander has content: {s:?}");
+    assert_eq!(
+        s.windows_with_content, 1,
+        "only the bystander has content: {s:?}"
+    );
     assert!(alone > 0, "the bystander drew frames");
     assert!(
         f64::from(beside_stuck) >= 0.85 * f64::from(alone),
         "the bystander's frame rate dropped beside a stuck surface: {alone} -> {beside_stuck}"
     );
     for release in &releases {
-        assert_eq!(release.query().unwrap(), 0, "a held commit's buffer is not released");
+        assert_eq!(
+            release.query().unwrap(),
+            0,
+            "a held commit's buffer is not released"
+        );
     }
 
     // The stuck client goes away: its held commits' release points are all signalled.
@@ -441,6 +463,10 @@ fn a_stuck_surface_leaves_other_clients_at_full_frame_rate() {
         .wait_for("the stuck client's releases", T, |s| s.release.owed() == 0)
         .unwrap();
     for release in &releases {
-        assert_eq!(release.query().unwrap(), 1, "released once the surface is gone");
+        assert_eq!(
+            release.query().unwrap(),
+            1,
+            "released once the surface is gone"
+        );
     }
 }

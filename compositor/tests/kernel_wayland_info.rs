@@ -211,7 +211,11 @@ fn release_points_are_signalled_after_the_fence_of_the_frame_that_sampled_them()
     wait_released(&blue_release, "the surface was destroyed");
     let s = server.snapshot().unwrap();
     assert_eq!(
-        (s.release.taken, s.release.fence_imported, s.release.cpu_signaled),
+        (
+            s.release.taken,
+            s.release.fence_imported,
+            s.release.cpu_signaled
+        ),
         (2, 2, 0),
         "{s:?}"
     );

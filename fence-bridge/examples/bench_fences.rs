@@ -498,8 +498,8 @@ fn host(iters: usize) {
             }
             lib_s.push(ns(woke.unwrap() - sig.t0()));
             event_loop.handle().remove(token); // already removed itself; harmless
-            // Released unsignalled: the source let go of their poll fds, so nobody waits on
-            // them and they go quietly (no EDEADLK, no warning).
+                                               // Released unsignalled: the source let go of their poll fds, so nobody waits on
+                                               // them and they go quietly (no EDEADLK, no warning).
             drop(keep);
         }
         // The loop side alone, on one thread: the fence is already signalled when `dispatch(0)`

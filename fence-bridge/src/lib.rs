@@ -109,13 +109,13 @@ mod ops;
 mod order;
 mod poll;
 mod reactor;
+#[cfg(feature = "calloop")]
+pub mod source;
 mod stats;
+mod sw_timeline;
 mod sync_file;
 mod syncobj;
 mod syncobj_point;
-#[cfg(feature = "calloop")]
-pub mod source;
-mod sw_timeline;
 mod time;
 #[cfg(feature = "trace-export")]
 pub mod trace_export;
@@ -129,8 +129,8 @@ pub use egl::{fence_from_sync_point, EglFenceError, SyncPointFence};
 pub use error::{AlreadySignaled, FenceError, Timeout, WaitAllError, WaitError};
 pub use fence::{CallbackHandle, Fence, FenceSignaler, FenceStatus, SignalInfo};
 pub use kms::{
-    find_property, read_flip_events, FenceProps, FencedCommit, FlipEvent,
-    OutFence, IN_FENCE_FD, OUT_FENCE_PTR,
+    find_property, read_flip_events, FenceProps, FencedCommit, FlipEvent, OutFence, IN_FENCE_FD,
+    OUT_FENCE_PTR,
 };
 pub use ops::FenceOps;
 pub use order::{latest_per_context, seqno_is_later};
@@ -138,8 +138,8 @@ pub use poll::FencePollFd;
 #[cfg(feature = "calloop")]
 pub use source::{FenceEvent, FenceSource, Ready, Remaining, Signaled, WaitMode};
 pub use stats::{stats, Stats};
-pub use sync_file::{SyncFenceInfo, SyncFile, SyncFileFence, SyncFileInfo};
 pub use sw_timeline::SwTimeline;
+pub use sync_file::{SyncFenceInfo, SyncFile, SyncFileFence, SyncFileInfo};
 pub use syncobj::{Syncobj, SyncobjWaitFlags};
 pub use syncobj_point::{wait_points, SyncobjPoint};
 pub use time::Ktime;

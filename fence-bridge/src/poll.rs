@@ -168,7 +168,12 @@ impl Fence {
             // fence signalled already, nobody else will.
             st.poll_fd = Some(fd.clone());
             st.poll_fd_native = false;
-            (fd, self.inner.signaled.load(std::sync::atomic::Ordering::Acquire))
+            (
+                fd,
+                self.inner
+                    .signaled
+                    .load(std::sync::atomic::Ordering::Acquire),
+            )
         };
         tracing::trace!(
             target: TARGET,

@@ -166,7 +166,9 @@ pub(crate) fn watch_fence(
 ) -> Option<Watch> {
     let for_reactor = signaler.clone();
     let on_ready: OnReady = Box::new(move || {
-        for_reactor.upgrade().is_none_or(|fence| fence.is_signaled())
+        for_reactor
+            .upgrade()
+            .is_none_or(|fence| fence.is_signaled())
     });
     match watch(fd, events, on_ready) {
         Ok(watch) => Some(watch),
@@ -175,7 +177,10 @@ pub(crate) fn watch_fence(
                 target: TARGET,
                 "{what}: cannot watch the fd ({err}); signalling with that error"
             );
-            let error = err.raw_os_error().and_then(FenceError::from_errno).unwrap_or(FenceError::EIO);
+            let error = err
+                .raw_os_error()
+                .and_then(FenceError::from_errno)
+                .unwrap_or(FenceError::EIO);
             signaler.signal_with_error(error);
             None
         }

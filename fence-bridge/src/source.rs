@@ -437,7 +437,11 @@ impl<K> FenceSource<K> {
     }
 
     /// Whether `waiting`'s Generic is registered with `token`.
-    fn owns(waiting: &mut Option<Waiting<K>>, readiness: Readiness, token: Token) -> io::Result<bool> {
+    fn owns(
+        waiting: &mut Option<Waiting<K>>,
+        readiness: Readiness,
+        token: Token,
+    ) -> io::Result<bool> {
         let Some(watch) = waiting.as_mut().and_then(|w| w.watch.as_mut()) else {
             return Ok(false);
         };
@@ -559,7 +563,10 @@ impl<K> EventSource for FenceSource<K> {
         let Some(slot) = self.find(readiness, token)? else {
             return Ok(PostAction::Continue);
         };
-        let fence = &self.slots[slot].as_ref().expect("found slots are occupied").fence;
+        let fence = &self.slots[slot]
+            .as_ref()
+            .expect("found slots are occupied")
+            .fence;
         let Some((status, timestamp)) = fence.signaled_result() else {
             tracing::trace!(
                 target: TARGET,
@@ -579,8 +586,7 @@ impl<K> EventSource for FenceSource<K> {
             status,
             timestamp,
         };
-        let done =
-            self.deliver(signaled, &mut callback) || self.finish_if_done(&mut callback);
+        let done = self.deliver(signaled, &mut callback) || self.finish_if_done(&mut callback);
         drop(watch);
         Ok(if done {
             PostAction::Remove
@@ -658,7 +664,12 @@ impl<K: fmt::Debug> fmt::Debug for FenceSource<K> {
             .field("mode", &self.mode)
             .field(
                 "waiting",
-                &self.slots.iter().flatten().map(|w| &w.key).collect::<Vec<_>>(),
+                &self
+                    .slots
+                    .iter()
+                    .flatten()
+                    .map(|w| &w.key)
+                    .collect::<Vec<_>>(),
             )
             .field("ready", &self.ready.len())
             .field("collected", &self.collected.len())

@@ -331,7 +331,11 @@ fn file_info_sized(fd: BorrowedFd<'_>, capacity: u32) -> io::Result<SyncFileInfo
         flags: 0,
         num_fences: capacity,
         pad: 0,
-        sync_fence_info: if capacity > 0 { fences.as_mut_ptr() as u64 } else { 0 },
+        sync_fence_info: if capacity > 0 {
+            fences.as_mut_ptr() as u64
+        } else {
+            0
+        },
     };
     // SAFETY: SYNC_IOC_FILE_INFO takes a `struct sync_file_info *`; SyncFileInfoRaw is its
     // #[repr(C)] layout, and `sync_fence_info` points to `capacity` writable, #[repr(C)]
@@ -519,7 +523,10 @@ impl SyncFileFence {
         if fence.timestamp().is_some() {
             return true;
         }
-        let (timestamp, error) = (info.timestamp().unwrap_or_else(Ktime::now), info.status.error());
+        let (timestamp, error) = (
+            info.timestamp().unwrap_or_else(Ktime::now),
+            info.status.error(),
+        );
         if let Some(error) = error {
             let _ = fence.set_error(error);
         }
@@ -542,7 +549,12 @@ impl FenceOps for SyncFileFence {
             return false;
         }
         // Readable means signalled for a sync_file.
-        let watch = reactor::watch_fence(self.fd.clone(), epoll::EventFlags::IN, &signaler, "sync_file fence");
+        let watch = reactor::watch_fence(
+            self.fd.clone(),
+            epoll::EventFlags::IN,
+            &signaler,
+            "sync_file fence",
+        );
         *self.watch.lock().unwrap_or_else(PoisonError::into_inner) = watch;
         true
     }

@@ -111,9 +111,15 @@ fn released_with_a_held_poll_fd_wakes_it_with_the_error() {
     assert!(!fd.is_readable().unwrap());
     drop(f);
     let d = stats().since(&before);
-    assert_eq!(d.released_with_pending_callbacks, 1, "the fd's holder was a waiter");
+    assert_eq!(
+        d.released_with_pending_callbacks, 1,
+        "the fd's holder was a waiter"
+    );
     assert_eq!(d.fences_signaled, 1, "force-signalled (EDEADLK)");
-    assert!(fd.is_readable().unwrap(), "the holder is woken, not left waiting forever");
+    assert!(
+        fd.is_readable().unwrap(),
+        "the holder is woken, not left waiting forever"
+    );
     assert!(signaler.is_released());
 }
 

@@ -62,8 +62,7 @@ pub struct AcquireStats {
 impl AcquireStats {
     /// Blocked commits still waiting now.
     pub fn waiting(&self) -> u64 {
-        self.blocked
-            .saturating_sub(self.released + self.abandoned)
+        self.blocked.saturating_sub(self.released + self.abandoned)
     }
 }
 

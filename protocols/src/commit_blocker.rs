@@ -259,7 +259,8 @@ where
     W: BlockedOn<D>,
 {
     wait.barrier.signal();
-    wait.what.count(state, Counted::Released(wait.since.elapsed()));
+    wait.what
+        .count(state, Counted::Released(wait.since.elapsed()));
     wait.what.signalled(status);
     let Ok(surface) = wait.surface.upgrade() else {
         return; // Smithay cancels the transactions of a dead surface itself

@@ -53,7 +53,10 @@ impl<T: Settle> Owed<T> {
                 .data_map
                 .get::<OwedOnSurface<T>>()
                 .expect("inserted above");
-            let mut entries = ledger.entries.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut entries = ledger
+                .entries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             entries.retain(|entry| entry.strong_count() > 0);
             entries.push(Arc::downgrade(&self.slot));
         });
@@ -99,7 +102,12 @@ pub(crate) fn settle_all_on<T: Settle>(surface: &WlSurface) -> usize {
         let Some(ledger) = states.data_map.get::<OwedOnSurface<T>>() else {
             return Vec::new();
         };
-        let entries = std::mem::take(&mut *ledger.entries.lock().unwrap_or_else(PoisonError::into_inner));
+        let entries = std::mem::take(
+            &mut *ledger
+                .entries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         entries
             .iter()
             .filter_map(Weak::upgrade)

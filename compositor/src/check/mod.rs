@@ -74,7 +74,8 @@ pub fn main(args: &[String]) -> i32 {
         .with_writer(std::io::stderr)
         .with_filter(
             // Smithay's EGL probing logs errors for every platform it tries: not the client's.
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn,smithay=off")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("warn,smithay=off")),
         );
     let _ = tracing_subscriber::registry()
         .with(logs)

@@ -106,7 +106,8 @@ pub struct ReleasePointsReport {
 pub struct BufferReuseReport {
     /// Commits of a buffer that had been committed before.
     pub reused: u64,
-    /// Of those, buffers committed again before their previous release point signalled: the
+    /// Of those, buffers given a new acquire point before fencegate released their previous
+    /// commit (signalled its release point, or imported the render fence into it): the
     /// client wrote into a buffer fencegate could still be reading.
     pub rewritten_while_held: u64,
     /// From fencegate releasing a buffer to the client committing it again.
@@ -230,9 +231,10 @@ impl Report {
                 findings.push(Finding {
                     kind: FindingKind::BufferRewrittenWhileHeld,
                     count: s.buffer_reuse.rewritten_while_held,
-                    detail: "linux-drm-syncobj-v1: buffers committed again before the release \
-                             point of their previous commit signalled"
-                        .into(),
+                    detail:
+                        "linux-drm-syncobj-v1: buffers given a new acquire point before fencegate \
+                             released their previous commit"
+                            .into(),
                 });
             }
         }

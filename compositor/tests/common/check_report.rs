@@ -7,14 +7,19 @@ use serde_json::Value;
 
 use super::{client_bin, fencegate_bin};
 
-/// Runs `fencegate check --json [check_args] -- CLIENT client_args` (CLIENT an example client,
-/// or a program on PATH when not one of ours): (exit status, the report, validated).
+/// Runs `fencegate check --json [check_args] -- CLIENT client_args`, CLIENT one of the example
+/// clients: (exit status, the report, validated).
 pub fn check(check_args: &[&str], client: &str, client_args: &[&str]) -> (i32, Value) {
-    let program = if client.contains('-') {
-        client_bin(client).display().to_string()
-    } else {
-        client.to_string()
-    };
+    check_program(
+        check_args,
+        &client_bin(client).display().to_string(),
+        client_args,
+    )
+}
+
+/// [`check`] with any program (a path, or a name on PATH).
+pub fn check_program(check_args: &[&str], program: &str, client_args: &[&str]) -> (i32, Value) {
+    let client = program;
     let output = Command::new(fencegate_bin())
         .arg("check")
         .arg("--json")

@@ -131,21 +131,7 @@ pub fn require_device<T>(what: &str, find: impl FnOnce() -> Option<T>) -> Option
 /// The first node under /dev/dri whose file name starts with `prefix` ("card", "renderD") and
 /// whose driver (DRM_IOCTL_VERSION) is `driver`, opened read-write.
 pub fn find_drm_node(prefix: &str, driver: &str) -> Option<fence_bridge::DrmDevice> {
-    let mut paths: Vec<PathBuf> = std::fs::read_dir("/dev/dri")
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(prefix))
-        })
-        .collect();
-    paths.sort();
-    paths.into_iter().find_map(|path| {
-        let device = fence_bridge::DrmDevice::open(&path).ok()?;
-        (device.driver_name() == driver).then_some(device)
-    })
+    fencegate_clients::drm_nodes::open_by_driver(prefix, driver)
 }
 
 /// vgem's card node, through [`require_device`]: dumb buffers, dma-bufs, controllable fences.

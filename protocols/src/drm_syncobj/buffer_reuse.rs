@@ -2,16 +2,20 @@
 //!
 //! A client may write into a buffer again only once the release point of the commit that last
 //! showed it has signalled. [`BufferReuse`] sees each commit that attaches a buffer with both
-//! points and checks the release point of that buffer's previous commit with one query ioctl:
-//! signalled, the reuse is right and its delay since the compositor released the buffer is
-//! recorded; not signalled, the client wrote into a buffer the compositor may still be reading
-//! (tearing, or worse), which is counted and logged.
+//! points and asks whether the compositor has released that buffer's previous commit yet: if so
+//! the reuse is right and its delay since the release is recorded; if not, the client gave new
+//! work to a buffer the compositor may still be reading (tearing, or worse), which is counted
+//! and logged.
+//!
+//! "Released" is the compositor's side: the point signalled from the CPU, or the render fence
+//! imported into it. A client that reuses a buffer after that import but before the kernel
+//! signals the point also breaks the rule, and is not seen: telling would mean keeping every
+//! buffer's syncobj (and its handle) alive for a query.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use fence_bridge::SyncobjPoint;
 use smithay::reexports::wayland_server::backend::ObjectId;
 use smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
@@ -27,7 +31,7 @@ const PRUNE_AT: usize = 4096;
 pub struct BufferReuseStats {
     /// Commits that attached a buffer already committed before with a release point.
     pub reused: u64,
-    /// Of those, commits whose buffer's previous release point had not signalled: the client
+    /// Of those, commits whose buffer's previous commit the compositor had not released: the client
     /// wrote into it while the compositor could still read it.
     pub rewritten_while_held: u64,
     /// For the right reuses: from the compositor releasing the buffer (signalling its release
@@ -45,8 +49,9 @@ pub(crate) struct BufferReuse {
 #[derive(Debug)]
 struct Held {
     buffer: Weak<WlBuffer>,
-    release: SyncobjPoint,
+    /// The release point's release time, once released; nothing else of it is kept.
     released_at: Arc<OnceLock<Instant>>,
+    point: u64,
 }
 
 impl BufferReuse {
@@ -54,34 +59,31 @@ impl BufferReuse {
         &self.stats
     }
 
-    /// `buffer` is committed to `surface` with `release` (whose release time will be written
-    /// into `released_at`).
+    /// `buffer` is committed to `surface` with the release point `point`, whose release time
+    /// will be written into `released_at`.
     pub(crate) fn committed(
         &mut self,
         surface: &WlSurface,
         buffer: &WlBuffer,
-        release: SyncobjPoint,
+        point: u64,
         released_at: Arc<OnceLock<Instant>>,
     ) {
         if let Some(previous) = self.held.get(&buffer.id()) {
             self.stats.reused += 1;
-            let point = &previous.release;
-            let signalled = point
-                .syncobj()
-                .query()
-                .map_or(true, |value| value >= point.point());
-            if !signalled {
-                self.stats.rewritten_while_held += 1;
-                tracing::warn!(
-                    client = ?surface.client().map(|c| c.id()),
-                    surface = %surface.id(),
-                    buffer = %buffer.id(),
-                    release_point = point.point(),
-                    "buffer committed again before the release point of its previous commit \
-                     signalled: the client wrote into a buffer the compositor may still read"
-                );
-            } else if let Some(released) = previous.released_at.get() {
-                self.stats.after_release.record(released.elapsed());
+            match previous.released_at.get() {
+                Some(released) => self.stats.after_release.record(released.elapsed()),
+                None => {
+                    self.stats.rewritten_while_held += 1;
+                    tracing::warn!(
+                        client = ?surface.client().map(|c| c.id()),
+                        surface = %surface.id(),
+                        buffer = %buffer.id(),
+                        release_point = previous.point,
+                        "buffer given a new acquire point before the compositor released its \
+                         previous commit: the client wrote into a buffer the compositor may \
+                         still read"
+                    );
+                }
             }
         }
         if self.held.len() >= PRUNE_AT {
@@ -91,8 +93,8 @@ impl BufferReuse {
             buffer.id(),
             Held {
                 buffer: buffer.downgrade(),
-                release,
                 released_at,
+                point,
             },
         );
     }

@@ -164,7 +164,14 @@ where
                 let counters = state
                     .drm_syncobj_state()
                     .map(|state| state.release_counters().clone());
-                set_point(object, data, &timeline, point_hi, point_lo, Which::Release(counters))
+                set_point(
+                    object,
+                    data,
+                    &timeline,
+                    point_hi,
+                    point_lo,
+                    Which::Release(counters),
+                )
             }
             _ => unreachable!("wp_linux_drm_syncobj_surface_v1 has three requests"),
         }
@@ -298,7 +305,7 @@ fn commit_hook<D: DrmSyncobjHandler + 'static>(
             Ok(Verdict::Synced) => {
                 let released_at = cached.pending().release_point.as_ref()?.released_at()?;
                 drop(cached);
-                Some((pending_buffer(states)?, release?, released_at))
+                Some((pending_buffer(states)?, release?.point(), released_at))
             }
             Ok(_) => None,
             Err(error) => {

@@ -111,7 +111,9 @@ pub fn vm_test(args: &[String]) -> Result<Totals> {
     if opts.release {
         build.arg("--release");
     }
-    let status = build.status().context("running cargo build for the example clients")?;
+    let status = build
+        .status()
+        .context("running cargo build for the example clients")?;
     if !status.success() {
         bail!("vm-test: building the example clients failed ({status})");
     }
