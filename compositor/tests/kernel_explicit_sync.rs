@@ -25,8 +25,6 @@ use fencegate::testing::TestServer;
 use fencegate_clients::syncobj_timeline::set_points;
 use fencegate_clients::{Client, IgnoreEvents};
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_manager_v1::WpLinuxDrmSyncobjManagerV1;
-use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_surface_v1::WpLinuxDrmSyncobjSurfaceV1;
-use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_timeline_v1::WpLinuxDrmSyncobjTimelineV1;
 
 const T: Duration = Duration::from_secs(30);
 const MANAGER: &str = "wp_linux_drm_syncobj_manager_v1";
