@@ -237,28 +237,37 @@ fn dmabuf_implicit_draws_into_udmabufs() {
     let Some(()) = devices() else {
         return;
     };
-    // pixman maps the dma-buf itself. The GLES renderer here (llvmpipe on vgem's kms_swrast)
-    // segfaults sampling a udmabuf, which would take the whole test process down.
-    let server = headless_server_with_args(&["--pixman"]);
-    let args: dmabuf_implicit::Args = client_args(
-        dmabuf_implicit::NAME,
-        &server,
-        &[
-            "--frames",
-            "2",
-            "--allocator",
-            "udmabuf",
-            "--busy-ms",
-            "200",
-        ],
-    );
-    let (shown, _) = shown_frames(&server, |on_frame| {
-        dmabuf_implicit::run(&args, on_frame).map(|r| {
-            assert!(r.allocator.starts_with("udmabuf"), "{r}");
-            r.to_string()
-        })
-    });
-    assert_frames(&shown, 2, None, Duration::from_millis(200));
+    // The default server renders with GLES: llvmpipe on vgem's KMS device (kms_swrast), which
+    // cannot map a dma-buf vgem did not export and used to sample a udmabuf at address 0
+    // (SIGSEGV); fencegate now copies such buffers through the CPU. pixman maps them itself.
+    for renderer in ["gles", "pixman"] {
+        let server = match renderer {
+            "gles" => headless_server(),
+            _ => headless_server_with_args(&["--pixman"]),
+        };
+        assert_eq!(server.snapshot().unwrap().renderer, renderer);
+        let args: dmabuf_implicit::Args = client_args(
+            dmabuf_implicit::NAME,
+            &server,
+            &[
+                "--frames",
+                "3",
+                "--allocator",
+                "udmabuf",
+                "--busy-ms",
+                "200",
+            ],
+        );
+        let (shown, _) = shown_frames(&server, |on_frame| {
+            dmabuf_implicit::run(&args, on_frame).map(|r| {
+                assert!(r.allocator.starts_with("udmabuf"), "{renderer}: {r}");
+                r.to_string()
+            })
+        });
+        assert_frames(&shown, 3, None, Duration::from_millis(200));
+        let s = server.snapshot().unwrap();
+        assert!(s.implicit.blocked >= 3, "{renderer}: {s:?}");
+    }
 }
 
 fn misbehave_args(server: &TestServer, scenario: Scenario, extra: &[&str]) -> misbehave::Args {

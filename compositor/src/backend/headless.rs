@@ -13,6 +13,9 @@
 //! its software path (`kms_swrast` + llvmpipe: Mesa reports it as a device with a render node,
 //! not as `EGL_MESA_device_software`), e.g. vgem's render node. On the surfaceless platform
 //! (software, no device) and with pixman there is no node: linux-dmabuf stays version 3.
+//!
+//! Client dma-bufs go through [`GuardedGles`]: on Mesa's kms_swrast a buffer it cannot map is
+//! never handed to it (see `guarded_gles`).
 
 use anyhow::{anyhow, Context};
 use smithay::backend::allocator::dmabuf::Dmabuf;
@@ -32,6 +35,7 @@ use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_pre
 use smithay::utils::{Size, Transform};
 use tracing::{info, warn};
 
+use super::guarded_gles::GuardedGles;
 use crate::render::{render_space, RenderedFrame};
 use crate::state::Core;
 
@@ -48,7 +52,7 @@ pub struct Headless {
 
 enum OffscreenRenderer {
     Gles {
-        renderer: GlesRenderer,
+        renderer: Box<GuardedGles>,
         target: GlesRenderbuffer,
     },
     Pixman {
@@ -83,6 +87,7 @@ impl Headless {
                 let target = renderer
                     .create_buffer(OUTPUT_FORMAT, buffer_size)
                     .context("creating the GLES offscreen buffer")?;
+                let renderer = Box::new(GuardedGles::new(renderer, render_node));
                 OffscreenRenderer::Gles { renderer, target }
             }
             None => {
@@ -129,17 +134,14 @@ impl Headless {
 
     pub fn dmabuf_formats(&self) -> FormatSet {
         match &self.renderer {
-            OffscreenRenderer::Gles { renderer, .. } => renderer.dmabuf_formats(),
+            OffscreenRenderer::Gles { renderer, .. } => renderer.inner.dmabuf_formats(),
             OffscreenRenderer::Pixman { renderer, .. } => renderer.dmabuf_formats(),
         }
     }
 
     pub fn import_dmabuf(&mut self, dmabuf: &Dmabuf) -> anyhow::Result<()> {
         match &mut self.renderer {
-            OffscreenRenderer::Gles { renderer, .. } => renderer
-                .import_dmabuf(dmabuf, None)
-                .map(drop)
-                .map_err(|e| anyhow!("{e:?}")),
+            OffscreenRenderer::Gles { renderer, .. } => renderer.import_client_dmabuf(dmabuf),
             OffscreenRenderer::Pixman { renderer, .. } => renderer
                 .import_dmabuf(dmabuf, None)
                 .map(drop)
@@ -151,7 +153,7 @@ impl Headless {
         let tracker = &mut self.damage_tracker;
         match &mut self.renderer {
             OffscreenRenderer::Gles { renderer, target } => {
-                render_into(renderer, target, tracker, core, capture)
+                render_into(&mut **renderer, target, tracker, core, capture)
             }
             OffscreenRenderer::Pixman { renderer, target } => {
                 render_into(renderer, target, tracker, core, capture)

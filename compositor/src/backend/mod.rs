@@ -1,6 +1,7 @@
 //! Backends: what drives the output and the input. A closed enum, as in niri: each method is a
 //! `match`, and a backend without a feature has a no-op arm.
 
+mod guarded_gles;
 pub mod headless;
 pub mod winit;
 

@@ -1,10 +1,13 @@
 //! linux-dmabuf: buffers are imported into the renderer as they are created, so a client learns
-//! at once (not at its first commit) that a buffer cannot be used.
+//! at once (not at its first commit) that a buffer cannot be used: `failed` for `create`,
+//! `invalid_wl_buffer` for `create_immed`. This is also where a buffer the renderer could not
+//! read safely is stopped (see `backend::headless`, kms_swrast): a client buffer must never be
+//! able to crash the compositor.
 
 use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::delegate_dmabuf;
 use smithay::wayland::dmabuf::{DmabufGlobal, DmabufHandler, DmabufState, ImportNotifier};
-use tracing::debug;
+use tracing::warn;
 
 use crate::state::State;
 
@@ -30,7 +33,7 @@ impl DmabufHandler for State {
                 let _ = notifier.successful::<State>();
             }
             Err(err) => {
-                debug!("dma-buf import failed: {err:#}");
+                warn!("refusing a client dma-buf: {err:#}");
                 notifier.failed();
             }
         }
