@@ -88,8 +88,11 @@ pub struct Core {
     /// Connections, protocol errors and commits of the session's clients.
     pub client_log: ClientLog,
     /// Run once the loop has stopped, before the state is dropped (`fencegate check`'s report).
-    pub at_exit: Vec<Box<dyn FnOnce(&mut State)>>,
+    pub at_exit: Vec<AtExit>,
 }
+
+/// Run once the loop has stopped (see [`Core::at_exit`]).
+pub type AtExit = Box<dyn FnOnce(&mut State)>;
 
 /// Called with the next frame's pixels.
 pub type CaptureRequest = Box<dyn FnOnce(&Capture)>;

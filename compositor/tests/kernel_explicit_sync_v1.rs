@@ -15,7 +15,7 @@
 
 mod common;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -246,7 +246,7 @@ impl Dispatch<ZwpLinuxBufferReleaseV1, Releases> for ClientState {
     ) {
         let released = match event {
             zwp_linux_buffer_release_v1::Event::FencedRelease { fence } => {
-                Released::Fenced(SyncFile::from(OwnedFd::from(fence)))
+                Released::Fenced(SyncFile::from(fence))
             }
             zwp_linux_buffer_release_v1::Event::ImmediateRelease => Released::Immediate,
             _ => unreachable!("zwp_linux_buffer_release_v1 has two events"),
