@@ -198,3 +198,30 @@ fn pick_modifier(linux_dmabuf: &LinuxDmabuf) -> anyhow::Result<u64> {
         info.formats.len()
     )
 }
+
+/// The `main` of a binary over a dma-buf client's `run`: prints each frame as it is shown and
+/// the report, exits 0 after `--frames`, 1 on any error (clap exits 2 on bad arguments).
+pub fn binary_main<A, R>(
+    name: &str,
+    run: fn(&A, &mut dyn FnMut(&Shown) -> anyhow::Result<()>) -> anyhow::Result<R>,
+) -> std::process::ExitCode
+where
+    A: clap::Parser,
+    R: std::fmt::Display,
+{
+    let args = A::parse();
+    let result = run(&args, &mut |shown| {
+        println!("{name}: {shown}");
+        Ok(())
+    });
+    match result {
+        Ok(report) => {
+            println!("{name}: done: {report}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("{name}: error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

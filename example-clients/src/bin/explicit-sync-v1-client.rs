@@ -4,23 +4,9 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use fencegate_clients::dmabuf_window::binary_main;
 use fencegate_clients::explicit_sync_v1_client::{run, Args, NAME};
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let result = run(&args, &mut |shown| {
-        println!("{NAME}: {shown}");
-        Ok(())
-    });
-    match result {
-        Ok(report) => {
-            println!("{NAME}: done: {report}");
-            ExitCode::SUCCESS
-        }
-        Err(err) => {
-            eprintln!("{NAME}: error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    binary_main::<Args, _>(NAME, run)
 }
