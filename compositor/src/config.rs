@@ -89,9 +89,13 @@ pub struct Config {
     #[arg(long, default_value_t = 60.0, value_parser = parse_refresh)]
     pub refresh: f64,
 
-    /// Headless only: use the pixman renderer even where an EGL device exists.
+    /// Headless and DRM: use the pixman renderer even where an EGL device exists.
     #[arg(long)]
     pub pixman: bool,
+
+    /// DRM only: the GPU's card node (default: udev's primary GPU of the seat).
+    #[arg(long, value_name = "PATH")]
+    pub drm_device: Option<PathBuf>,
 
     /// Write a PNG screenshot of the output to this path (see --screenshot-after-frames).
     #[arg(long)]

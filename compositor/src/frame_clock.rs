@@ -38,7 +38,6 @@ use smithay::desktop::utils::{
     update_surface_primary_scanout_output, OutputPresentationFeedback,
 };
 use smithay::reexports::calloop::timer::{TimeoutAction, Timer};
-use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
 use smithay::utils::{Monotonic, Time};
 use smithay::wayland::presentation::Refresh;
 use tracing::{error, info, warn};
@@ -81,8 +80,13 @@ impl State {
                 if frame.rendered {
                     self.core.frames_rendered += 1;
                     self.core.mark_sampled_buffers(&frame.sync, &frame.states);
-                    self.core
-                        .present(&frame.states, now, self.backend.presentation_flags());
+                    let feedback = self.core.presentation_feedback(&frame.states);
+                    self.backend.present(
+                        feedback,
+                        now,
+                        Refresh::fixed(self.core.frame_interval),
+                        self.core.frames_rendered,
+                    );
                 }
                 if let Some(capture) = frame.capture {
                     for request in std::mem::take(&mut self.core.capture_requests) {
@@ -105,13 +109,9 @@ impl State {
 }
 
 impl Core {
-    /// Answers the presentation feedback of every surface this frame showed.
-    fn present(
-        &mut self,
-        states: &RenderElementStates,
-        time: Time<Monotonic>,
-        flags: wp_presentation_feedback::Kind,
-    ) {
+    /// The presentation feedback of every surface this frame showed, to answer when it is
+    /// on screen ([`Backend::present`](crate::backend::Backend::present)).
+    fn presentation_feedback(&mut self, states: &RenderElementStates) -> OutputPresentationFeedback {
         let output = &self.output;
         let mut feedback = OutputPresentationFeedback::new(output);
         for window in self.space.elements() {
@@ -130,12 +130,7 @@ impl Core {
                 |surface, _| surface_presentation_feedback_flags_from_states(surface, states),
             );
         }
-        feedback.presented(
-            time,
-            Refresh::fixed(self.frame_interval),
-            self.frames_rendered,
-            flags,
-        );
+        feedback
     }
 
     /// Records this frame's fence on the current release of every surface it presented, a

@@ -1,8 +1,8 @@
-//! Input from the winit window: pointer and keyboard to the surface under the pointer or focused.
+//! Input from the winit window or libinput: pointer and keyboard to the surface under the pointer or focused.
 
 use smithay::backend::input::{
     AbsolutePositionEvent, Axis, AxisSource, ButtonState, Event, InputBackend, InputEvent,
-    KeyState, KeyboardKeyEvent, PointerAxisEvent, PointerButtonEvent,
+    KeyState, KeyboardKeyEvent, PointerAxisEvent, PointerButtonEvent, PointerMotionEvent,
 };
 use smithay::input::keyboard::{keysyms, FilterResult};
 use smithay::input::pointer::{AxisFrame, ButtonEvent, MotionEvent};
@@ -31,6 +31,28 @@ impl State {
                     );
                     pointer.frame(self);
                 }
+            }
+            InputEvent::PointerMotion { event } => {
+                // A mouse on the DRM backend: move by the delta, kept on the output.
+                let Some(pointer) = self.core.seat.get_pointer() else {
+                    return;
+                };
+                let area = self.core.output_area().to_f64();
+                let mut location = pointer.current_location() + event.delta();
+                location.x = location.x.clamp(area.loc.x, area.loc.x + area.size.w - 1.0);
+                location.y = location.y.clamp(area.loc.y, area.loc.y + area.size.h - 1.0);
+                let under = self.core.surface_under(location);
+                let serial = SERIAL_COUNTER.next_serial();
+                pointer.motion(
+                    self,
+                    under,
+                    &MotionEvent {
+                        location,
+                        serial,
+                        time: event.time_msec(),
+                    },
+                );
+                pointer.frame(self);
             }
             InputEvent::PointerButton { event } => {
                 let Some(pointer) = self.core.seat.get_pointer() else {
@@ -96,18 +118,26 @@ impl State {
         let serial = SERIAL_COUNTER.next_serial();
         let keycode = event.key_code();
         let pressed = event.state() == KeyState::Pressed;
-        // Alt+F4 closes the focused window; everything else goes to the client. The release of
-        // a key whose press we kept is kept too: a client must never see a lone release.
-        let close = keyboard.input::<bool, _>(
+        // Alt+F4 closes the focused window, Ctrl+Alt+F<n> (XF86Switch_VT_<n>) switches VT;
+        // everything else goes to the client. The release of a key whose press we kept is kept
+        // too: a client must never see a lone release.
+        let shortcut = keyboard.input::<Shortcut, _>(
             self,
             keycode,
             event.state(),
             serial,
             event.time_msec(),
             |state, modifiers, keysym| {
-                if pressed && modifiers.alt && keysym.modified_sym().raw() == keysyms::KEY_F4 {
+                let sym = keysym.modified_sym().raw();
+                if pressed && modifiers.alt && sym == keysyms::KEY_F4 {
                     state.core.suppressed_keys.push(keycode);
-                    FilterResult::Intercept(true)
+                    FilterResult::Intercept(Shortcut::CloseWindow)
+                } else if pressed
+                    && (keysyms::KEY_XF86Switch_VT_1..=keysyms::KEY_XF86Switch_VT_12).contains(&sym)
+                {
+                    state.core.suppressed_keys.push(keycode);
+                    let vt = (sym - keysyms::KEY_XF86Switch_VT_1 + 1) as i32;
+                    FilterResult::Intercept(Shortcut::SwitchVt(vt))
                 } else if let Some(i) = state
                     .core
                     .suppressed_keys
@@ -115,19 +145,36 @@ impl State {
                     .position(|k| !pressed && *k == keycode)
                 {
                     state.core.suppressed_keys.swap_remove(i);
-                    FilterResult::Intercept(false)
+                    FilterResult::Intercept(Shortcut::None)
                 } else {
                     FilterResult::Forward
                 }
             },
         );
-        if close == Some(true) {
-            let focused = keyboard
-                .current_focus()
-                .and_then(|surface| self.core.window_for_surface(&surface));
-            if let Some(toplevel) = focused.as_ref().and_then(|window| window.toplevel()) {
-                toplevel.send_close();
-            }
+        match shortcut {
+            Some(Shortcut::SwitchVt(vt)) => self.backend.change_vt(vt),
+            Some(Shortcut::CloseWindow) => self.close_focused_window(),
+            Some(Shortcut::None) | None => {}
         }
     }
+
+    fn close_focused_window(&mut self) {
+        let Some(keyboard) = self.core.seat.get_keyboard() else {
+            return;
+        };
+        let focused = keyboard
+            .current_focus()
+            .and_then(|surface| self.core.window_for_surface(&surface));
+        if let Some(toplevel) = focused.as_ref().and_then(|window| window.toplevel()) {
+            toplevel.send_close();
+        }
+    }
+}
+
+/// What a key press meant to the compositor itself.
+enum Shortcut {
+    /// A press fencegate kept, or the release of one: nothing more to do.
+    None,
+    CloseWindow,
+    SwitchVt(i32),
 }

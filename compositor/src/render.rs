@@ -31,6 +31,20 @@ pub struct RenderedFrame {
     pub capture: Option<Capture>,
 }
 
+impl RenderedFrame {
+    /// A frame the backend could not draw now (a flip still in flight, the session paused): the
+    /// damage stays for the next one.
+    pub fn skipped() -> RenderedFrame {
+        RenderedFrame {
+            rendered: false,
+            damage: None,
+            states: RenderElementStates::default(),
+            sync: SyncPoint::signaled(),
+            capture: None,
+        }
+    }
+}
+
 /// Renders `core`'s space onto `framebuffer`; with `capture`, redraws everything and reads the
 /// pixels back (offscreen targets only: see `Winit::capture`).
 pub fn render_space<R>(

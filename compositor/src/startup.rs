@@ -2,8 +2,9 @@
 //! feed the loop. `run` is the whole life of a `fencegate` process.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, Context};
 use fence_bridge::DrmDevice;
 use fencegate_protocols::drm_syncobj::DrmSyncobjState;
 use fencegate_protocols::explicit_sync::ExplicitSyncState;
@@ -27,7 +28,7 @@ use smithay::wayland::shm::ShmState;
 use smithay::wayland::viewporter::ViewporterState;
 use tracing::{info, warn};
 
-use crate::backend::{Backend, Headless, Winit};
+use crate::backend::{Backend, Drm, Headless, Winit};
 use crate::config::{BackendChoice, Config};
 use crate::placement::Cascade;
 use crate::screenshot::ScreenshotPlan;
@@ -112,6 +113,7 @@ fn build_state(
     loop_handle: LoopHandle<'static, State>,
     loop_signal: smithay::reexports::calloop::LoopSignal,
 ) -> anyhow::Result<State> {
+    let mut drm_sources = None;
     let (mut backend, winit_events) = match config.backend.resolve() {
         BackendChoice::Headless => (
             Backend::Headless(Headless::new(
@@ -126,22 +128,41 @@ fn build_state(
             (Backend::Winit(winit), Some(events))
         }
         BackendChoice::Drm => {
-            bail!("the DRM backend is not built yet; use --backend headless or --backend winit")
+            let (drm, sources) = Drm::new(config.drm_device.as_deref(), config.pixman)?;
+            drm_sources = Some(sources);
+            (Backend::Drm(Box::new(drm)), None)
         }
         BackendChoice::Auto => unreachable!("resolve() never returns Auto"),
     };
 
-    let (size, model) = match &backend {
-        Backend::Headless(headless) => (headless.size(), "headless"),
-        Backend::Winit(winit) => (winit.window_size(), "winit"),
+    let config_refresh_mhz = (config.refresh * 1000.0).round() as i32;
+    let (size, refresh_mhz, name, model) = match &backend {
+        Backend::Headless(headless) => (
+            headless.size(),
+            config_refresh_mhz,
+            "HEADLESS-1".to_string(),
+            "headless",
+        ),
+        Backend::Winit(winit) => (
+            winit.window_size(),
+            config_refresh_mhz,
+            "WINIT-1".to_string(),
+            "winit",
+        ),
+        Backend::Drm(drm) => (
+            drm.mode_size(),
+            drm.refresh_mhz(),
+            drm.output_name().to_string(),
+            "drm",
+        ),
     };
-    let refresh_mhz = (config.refresh * 1000.0).round() as i32;
     let mode = Mode {
         size,
         refresh: refresh_mhz,
     };
+    let frame_interval = Duration::from_secs_f64(1000.0 / f64::from(refresh_mhz.max(1)));
     let output = Output::new(
-        format!("{}-1", model.to_uppercase()),
+        name,
         PhysicalProperties {
             size: (0, 0).into(),
             subpixel: Subpixel::Unknown,
@@ -220,7 +241,7 @@ fn build_state(
         }),
         exit_code: None,
         frames_rendered: 0,
-        frame_interval: config.frame_interval(),
+        frame_interval,
         surfaces_alive: 0,
         capture_requests: Vec::new(),
         client_log: Default::default(),
@@ -232,6 +253,9 @@ fn build_state(
     };
     if let Some(events) = winit_events {
         Winit::insert_events(events, &loop_handle)?;
+    }
+    if let Some(sources) = drm_sources {
+        Drm::insert_sources(sources, &loop_handle)?;
     }
     Ok(State { backend, core })
 }

@@ -175,14 +175,22 @@ fn sigterm_and_sigint_shut_down_cleanly() {
 }
 
 #[test]
-fn drm_backend_says_it_is_not_built_yet() {
+fn drm_backend_names_what_it_could_not_open() {
+    // A device that cannot exist: the error path is the same with or without a GPU here.
     let socket = socket_path("drm");
     let output = Command::new(fencegate_bin())
-        .args(["--backend", "drm", "--socket", socket.to_str().unwrap()])
+        .args(["--backend", "drm", "--drm-device", "/nonexistent/card9"])
+        .args(["--socket", socket.to_str().unwrap()])
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    assert!(String::from_utf8_lossy(&output.stderr).contains("not built yet"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // Without a seat the session cannot open; with one, the device cannot.
+    assert!(
+        stderr.contains("/nonexistent/card9") || stderr.contains("no libseat session"),
+        "{stderr}"
+    );
+    assert_socket_removed(&socket);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Backends: what drives the output and the input. A closed enum, as in niri: each method is a
 //! `match`, and a backend without a feature has a no-op arm.
 
+pub mod drm;
 mod guarded_gles;
 pub mod headless;
 pub mod winit;
@@ -8,8 +9,10 @@ pub mod winit;
 use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::allocator::format::FormatSet;
 use smithay::backend::drm::DrmNode;
+use smithay::desktop::utils::OutputPresentationFeedback;
 use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
 
+pub use self::drm::Drm;
 pub use self::headless::Headless;
 pub use self::winit::Winit;
 use crate::render::RenderedFrame;
@@ -18,6 +21,7 @@ use crate::state::Core;
 pub enum Backend {
     Headless(Headless),
     Winit(Winit),
+    Drm(Box<Drm>),
 }
 
 impl Backend {
@@ -25,6 +29,7 @@ impl Backend {
         match self {
             Backend::Headless(headless) => headless.render(core, capture),
             Backend::Winit(winit) => winit.render(core, capture),
+            Backend::Drm(drm) => drm.render(core, capture),
         }
     }
 
@@ -33,6 +38,7 @@ impl Backend {
         match self {
             Backend::Headless(headless) => headless.renderer_name(),
             Backend::Winit(_) => "gles",
+            Backend::Drm(drm) => drm.renderer_name(),
         }
     }
 
@@ -40,6 +46,7 @@ impl Backend {
         match self {
             Backend::Headless(headless) => headless.dmabuf_formats(),
             Backend::Winit(winit) => winit.dmabuf_formats(),
+            Backend::Drm(drm) => drm.dmabuf_formats(),
         }
     }
 
@@ -48,6 +55,7 @@ impl Backend {
         match self {
             Backend::Headless(headless) => headless.render_node(),
             Backend::Winit(winit) => winit.render_node(),
+            Backend::Drm(drm) => drm.render_node(),
         }
     }
 
@@ -55,6 +63,7 @@ impl Backend {
         match self {
             Backend::Headless(headless) => headless.import_dmabuf(dmabuf),
             Backend::Winit(winit) => winit.import_dmabuf(dmabuf),
+            Backend::Drm(drm) => drm.import_dmabuf(dmabuf),
         }
     }
 
@@ -64,6 +73,29 @@ impl Backend {
             Backend::Headless(headless) => headless.presentation_flags(),
             // The host compositor shows the frame some time after our swap; we cannot know when.
             Backend::Winit(_) => wp_presentation_feedback::Kind::empty(),
+            Backend::Drm(drm) => drm.presentation_flags(),
+        }
+    }
+
+    /// Answers the presentation feedback of a frame just rendered: at once with `time`, or,
+    /// on DRM, with the time its flip reaches the screen.
+    pub fn present(
+        &mut self,
+        mut feedback: OutputPresentationFeedback,
+        time: smithay::utils::Time<smithay::utils::Monotonic>,
+        refresh: smithay::wayland::presentation::Refresh,
+        sequence: u64,
+    ) {
+        match self {
+            Backend::Drm(drm) => drm.defer_presentation(feedback, sequence),
+            _ => feedback.presented(time, refresh, sequence, self.presentation_flags()),
+        }
+    }
+
+    /// Ctrl+Alt+F<n>: switches the session to another VT (DRM only).
+    pub fn change_vt(&mut self, vt: i32) {
+        if let Backend::Drm(drm) = self {
+            drm.change_vt(vt);
         }
     }
 }

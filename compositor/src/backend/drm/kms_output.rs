@@ -1,0 +1,377 @@
+//! One KMS output: a connector driven by a CRTC through its primary plane, fed from a GBM
+//! swapchain and flipped with atomic commits written here (fence-bridge's [`FencedCommit`])
+//! rather than through Smithay's `DrmCompositor`: releasing a scanned-out client buffer needs
+//! the CRTC's `OUT_FENCE_PTR` fence, which Smithay's atomic surface cannot request.
+//!
+//! # One frame
+//! 1. [`KmsOutput::acquire`] takes a free swapchain buffer (its framebuffer is added once and
+//!    kept with it) for the renderer to draw into.
+//! 2. [`KmsOutput::queue`] commits it non-blocking with `PAGE_FLIP_EVENT`. The frame's render
+//!    fence goes onto the plane as `IN_FENCE_FD`: the kernel waits for the GPU, the CPU never
+//!    does.
+//! 3. The flip event ([`KmsOutput::flip_done`]) moves the frame on screen; the frame it replaced
+//!    is off screen from that instant, and its buffer goes back to the swapchain.
+//!
+//! While a commit is in flight the next frame waits (one flip per vblank): the renderer is
+//! never more than one frame ahead of the display.
+
+use std::io;
+use std::os::fd::AsFd as _;
+
+use anyhow::{anyhow, bail, Context};
+use drm::control::{
+    connector, crtc, plane, property, AtomicCommitFlags, Device as ControlDevice, Mode,
+    ModeTypeFlags,
+};
+use drm::{ClientCapability, Device as _};
+use fence_bridge::{FenceProps, FencedCommit, SyncFile};
+use smithay::backend::allocator::dmabuf::{AsDmabuf, Dmabuf};
+use smithay::backend::allocator::gbm::{GbmAllocator, GbmBuffer};
+use smithay::backend::allocator::{Fourcc, Modifier, Slot, Swapchain};
+use smithay::backend::drm::gbm::{framebuffer_from_bo, GbmFramebuffer};
+use smithay::backend::drm::DrmDeviceFd;
+use smithay::desktop::utils::OutputPresentationFeedback;
+use tracing::{debug, info};
+
+/// What the primary plane scans out.
+pub const SCANOUT_FORMAT: Fourcc = Fourcc::Xrgb8888;
+
+/// A frame committed to the output: in flight until its flip event, then on screen until the
+/// next one replaces it.
+pub struct Flip {
+    /// Keeps the buffer (and its framebuffer) out of the swapchain while the display may read it.
+    _slot: Slot<GbmBuffer>,
+    /// Presentation feedback of the surfaces this frame shows, answered at the flip.
+    pub feedback: Option<OutputPresentationFeedback>,
+    /// The presentation sequence number the feedback reports.
+    pub sequence: u64,
+}
+
+/// Property ids of the objects one output commits to (ids are per device).
+#[derive(Debug, Clone, Copy)]
+struct Props {
+    connector_crtc_id: property::Handle,
+    crtc_mode_id: property::Handle,
+    crtc_active: property::Handle,
+    plane_fb_id: property::Handle,
+    plane_crtc_id: property::Handle,
+    plane_src: [property::Handle; 4],
+    plane_crtc: [property::Handle; 4],
+}
+
+pub struct KmsOutput {
+    pub connector: connector::Handle,
+    /// The connector's name as the kernel's debugfs and other compositors spell it
+    /// (`Virtual-1`, `HDMI-A-1`).
+    pub name: String,
+    pub crtc: crtc::Handle,
+    pub plane: plane::Handle,
+    pub mode: Mode,
+    props: Props,
+    swapchain: Swapchain<GbmAllocator<DrmDeviceFd>>,
+    /// The next commit must set the mode (first frame, after a session resume).
+    needs_modeset: bool,
+    in_flight: Option<Flip>,
+    on_screen: Option<Flip>,
+}
+
+impl KmsOutput {
+    /// The first connected connector with a mode, a CRTC that can drive it and that CRTC's
+    /// primary plane; buffers come from `allocator`.
+    pub fn first_connected(
+        card: &DrmDeviceFd,
+        allocator: GbmAllocator<DrmDeviceFd>,
+    ) -> anyhow::Result<KmsOutput> {
+        card.set_client_capability(ClientCapability::UniversalPlanes, true)
+            .context("DRM_CLIENT_CAP_UNIVERSAL_PLANES")?;
+        card.set_client_capability(ClientCapability::Atomic, true)
+            .context("DRM_CLIENT_CAP_ATOMIC: the device has no atomic modesetting")?;
+        let resources = card.resource_handles().context("DRM resources")?;
+        let mut connected = Vec::new();
+        for &handle in resources.connectors() {
+            let info = card.get_connector(handle, true).context("probing a connector")?;
+            let name = format!("{}-{}", info.interface().as_str(), info.interface_id());
+            if info.state() == connector::State::Connected && !info.modes().is_empty() {
+                connected.push((info, name));
+            } else {
+                debug!(connector = %name, state = ?info.state(), "connector not usable");
+            }
+        }
+        let Some((info, name)) = connected.first().cloned() else {
+            bail!("no connected connector with a mode");
+        };
+        if connected.len() > 1 {
+            let others: Vec<&str> = connected[1..].iter().map(|(_, n)| n.as_str()).collect();
+            info!(
+                "drm: driving {name} only; also connected, not driven yet: {}",
+                others.join(", ")
+            );
+        }
+        let mode = info
+            .modes()
+            .iter()
+            .find(|mode| mode.mode_type().contains(ModeTypeFlags::PREFERRED))
+            .copied()
+            .unwrap_or(info.modes()[0]);
+        let crtc = info
+            .encoders()
+            .iter()
+            .filter_map(|&encoder| card.get_encoder(encoder).ok())
+            .flat_map(|encoder| resources.filter_crtcs(encoder.possible_crtcs()))
+            .next()
+            .ok_or_else(|| anyhow!("no CRTC can drive {name}"))?;
+        let plane = primary_plane(card, &resources, crtc)?;
+        let props = Props::find(card, info.handle(), crtc, plane)?;
+        let (width, height) = mode.size();
+        let swapchain = Swapchain::new(
+            allocator,
+            u32::from(width),
+            u32::from(height),
+            SCANOUT_FORMAT,
+            // No modifier list: GBM picks the layout the device can scan out.
+            vec![Modifier::Invalid],
+        );
+        info!(
+            connector = %name,
+            mode = %format!("{}x{}@{}", width, height, mode.vrefresh()),
+            ?crtc,
+            ?plane,
+            "drm: output"
+        );
+        Ok(KmsOutput {
+            connector: info.handle(),
+            name,
+            crtc,
+            plane,
+            mode,
+            props,
+            swapchain,
+            needs_modeset: true,
+            in_flight: None,
+            on_screen: None,
+        })
+    }
+
+    /// True while a commit waits for its flip: no new frame may be queued.
+    pub fn is_flip_pending(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// A free buffer to render the next frame into, its dma-buf for the renderer to bind, and
+    /// its age (frames since its contents were drawn; 0: unknown, draw everything).
+    pub fn acquire(
+        &mut self,
+        card: &DrmDeviceFd,
+    ) -> anyhow::Result<(Slot<GbmBuffer>, Dmabuf, usize)> {
+        let slot = self
+            .swapchain
+            .acquire()
+            .map_err(|err| anyhow!("allocating a scanout buffer: {err}"))?
+            .ok_or_else(|| anyhow!("every scanout buffer is in use"))?;
+        if slot.userdata().get::<GbmFramebuffer>().is_none() {
+            let framebuffer = framebuffer_from_bo(card, &slot, false)
+                .map_err(|err| anyhow!("adding a framebuffer for a scanout buffer: {err}"))?;
+            slot.userdata().insert_if_missing(|| framebuffer);
+            let dmabuf = slot
+                .export()
+                .map_err(|err| anyhow!("exporting a scanout buffer: {err}"))?;
+            slot.userdata().insert_if_missing(|| dmabuf);
+        }
+        let dmabuf = slot
+            .userdata()
+            .get::<Dmabuf>()
+            .cloned()
+            .expect("stored with the framebuffer");
+        let age = slot.age() as usize;
+        Ok((slot, dmabuf, age))
+    }
+
+    /// Commits `slot` (rendered, its render fence `render_fence`) without blocking. The flip is
+    /// then in flight until [`KmsOutput::flip_done`].
+    pub fn queue(
+        &mut self,
+        card: &DrmDeviceFd,
+        fence_props: &FenceProps,
+        slot: Slot<GbmBuffer>,
+        render_fence: Option<&SyncFile>,
+    ) -> io::Result<()> {
+        let framebuffer = *slot
+            .userdata()
+            .get::<GbmFramebuffer>()
+            .expect("acquire adds the framebuffer")
+            .as_ref();
+        let (width, height) = self.mode.size();
+        let (width, height) = (u64::from(width), u64::from(height));
+        let props = self.props;
+        let modeset = self.needs_modeset;
+        let blob = if modeset {
+            Some(card.create_property_blob(&self.mode)?)
+        } else {
+            None
+        };
+        let result = {
+            let mut commit = FencedCommit::new(card, fence_props);
+            if let Some(blob) = blob {
+                commit.add_property(
+                    self.connector,
+                    props.connector_crtc_id,
+                    property::Value::CRTC(Some(self.crtc)),
+                )?;
+                commit.add_property(self.crtc, props.crtc_mode_id, blob)?;
+                commit.add_property(self.crtc, props.crtc_active, property::Value::Boolean(true))?;
+            }
+            let plane = self.plane;
+            commit.add_property(
+                plane,
+                props.plane_fb_id,
+                property::Value::Framebuffer(Some(framebuffer)),
+            )?;
+            commit.add_property(
+                plane,
+                props.plane_crtc_id,
+                property::Value::CRTC(Some(self.crtc)),
+            )?;
+            // Source rectangle in 16.16 fixed point, destination in pixels: the whole mode.
+            let src = [0, 0, width << 16, height << 16];
+            let dst = [0, 0, width, height];
+            for (prop, value) in props.plane_src.iter().zip(src) {
+                commit.add_property(plane, *prop, property::Value::UnsignedRange(value))?;
+            }
+            // CRTC_X/Y are signed (a plane may hang off the left or top edge), CRTC_W/H not.
+            for (prop, value) in props.plane_crtc[..2].iter().zip(&dst[..2]) {
+                commit.add_property(plane, *prop, property::Value::SignedRange(*value as i64))?;
+            }
+            for (prop, value) in props.plane_crtc[2..].iter().zip(&dst[2..]) {
+                commit.add_property(plane, *prop, property::Value::UnsignedRange(*value))?;
+            }
+            match render_fence {
+                Some(fence) => commit.set_in_fence(plane, fence.as_fd())?,
+                None => commit.clear_in_fence(plane)?,
+            }
+            let mut flags = AtomicCommitFlags::NONBLOCK | AtomicCommitFlags::PAGE_FLIP_EVENT;
+            if modeset {
+                flags |= AtomicCommitFlags::ALLOW_MODESET;
+            }
+            commit.commit(flags, u64::from(u32::from(self.crtc)))
+        };
+        if let property::Value::Blob(id) = blob.unwrap_or(property::Value::Blob(0)) {
+            if id != 0 {
+                // The committed state holds its own reference to the mode.
+                let _ = card.destroy_property_blob(id);
+            }
+        }
+        result?;
+        self.needs_modeset = false;
+        self.swapchain.submitted(&slot);
+        self.in_flight = Some(Flip {
+            _slot: slot,
+            feedback: None,
+            sequence: 0,
+        });
+        Ok(())
+    }
+
+    /// The in-flight frame, to attach its presentation feedback to.
+    pub fn in_flight_mut(&mut self) -> Option<&mut Flip> {
+        self.in_flight.as_mut()
+    }
+
+    /// The flip of the in-flight frame completed: it is on screen now. Returns it (for its
+    /// feedback) and drops the frame it replaced, whose buffer is free again.
+    pub fn flip_done(&mut self) -> Option<&mut Flip> {
+        let shown = self.in_flight.take()?;
+        self.on_screen = Some(shown);
+        self.on_screen.as_mut()
+    }
+
+    /// The session was paused (another VT, DRM master gone): a flip in flight may never
+    /// complete, and the next commit after resume must set the mode again.
+    pub fn paused(&mut self) {
+        self.in_flight = None;
+        self.needs_modeset = true;
+    }
+
+    /// The session is back: the display may show anything (another session drew on it), so the
+    /// next frame sets the mode and is drawn whole.
+    pub fn resumed(&mut self) {
+        self.needs_modeset = true;
+        self.swapchain.reset_buffer_ages();
+    }
+}
+
+impl Props {
+    fn find(
+        card: &DrmDeviceFd,
+        connector: connector::Handle,
+        crtc: crtc::Handle,
+        plane: plane::Handle,
+    ) -> anyhow::Result<Props> {
+        let connector_props = property_ids(card, connector)?;
+        let crtc_props = property_ids(card, crtc)?;
+        let plane_props = property_ids(card, plane)?;
+        let get = |props: &[(String, property::Handle)], name: &str| {
+            props
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, handle)| *handle)
+                .ok_or_else(|| anyhow!("the KMS object has no {name} property"))
+        };
+        Ok(Props {
+            connector_crtc_id: get(&connector_props, "CRTC_ID")?,
+            crtc_mode_id: get(&crtc_props, "MODE_ID")?,
+            crtc_active: get(&crtc_props, "ACTIVE")?,
+            plane_fb_id: get(&plane_props, "FB_ID")?,
+            plane_crtc_id: get(&plane_props, "CRTC_ID")?,
+            plane_src: [
+                get(&plane_props, "SRC_X")?,
+                get(&plane_props, "SRC_Y")?,
+                get(&plane_props, "SRC_W")?,
+                get(&plane_props, "SRC_H")?,
+            ],
+            plane_crtc: [
+                get(&plane_props, "CRTC_X")?,
+                get(&plane_props, "CRTC_Y")?,
+                get(&plane_props, "CRTC_W")?,
+                get(&plane_props, "CRTC_H")?,
+            ],
+        })
+    }
+}
+
+/// Names and ids of the properties attached to `object`.
+fn property_ids<H: drm::control::ResourceHandle>(
+    card: &DrmDeviceFd,
+    object: H,
+) -> anyhow::Result<Vec<(String, property::Handle)>> {
+    let props = card.get_properties(object).context("GETPROPERTIES")?;
+    let mut ids = Vec::new();
+    for (&handle, _) in props.iter() {
+        let info = card.get_property(handle).context("GETPROPERTY")?;
+        ids.push((info.name().to_string_lossy().into_owned(), handle));
+    }
+    Ok(ids)
+}
+
+/// The primary plane of `crtc`: the plane whose `type` is Primary among those that can be
+/// attached to it.
+fn primary_plane(
+    card: &DrmDeviceFd,
+    resources: &drm::control::ResourceHandles,
+    crtc: crtc::Handle,
+) -> anyhow::Result<plane::Handle> {
+    const DRM_PLANE_TYPE_PRIMARY: u64 = 1;
+    for plane in card.plane_handles().context("DRM planes")? {
+        let info = card.get_plane(plane).context("DRM plane")?;
+        if !resources.filter_crtcs(info.possible_crtcs()).contains(&crtc) {
+            continue;
+        }
+        let props = card.get_properties(plane).context("plane properties")?;
+        for (&handle, &value) in props.iter() {
+            let name = card.get_property(handle).context("plane property")?;
+            if name.name().to_bytes() == b"type" && value == DRM_PLANE_TYPE_PRIMARY {
+                return Ok(plane);
+            }
+        }
+    }
+    bail!("no primary plane for {crtc:?}")
+}

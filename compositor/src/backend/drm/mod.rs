@@ -1,0 +1,429 @@
+//! DRM session backend: fencegate as the display server of a seat. libseat opens the session
+//! (logind or seatd) and the devices, udev names the GPU, libinput reads input, GBM allocates
+//! the scanout buffers, EGL (or pixman) renders into them, and atomic KMS shows them
+//! ([`KmsOutput`]).
+//!
+//! # Software rendering on a KMS device
+//! A KMS device whose Mesa driver renders in software (kms_swrast + llvmpipe, as virtio-gpu
+//! without virgl and vkms) is a supported configuration: the log says so and fencegate runs.
+//! Client dma-bufs go through [`GuardedGles`] there, as on the headless backend.
+//!
+//! # Fences
+//! Client fences never reach the display: a surface state is latched only once its acquire
+//! fences have signalled (`fencegate_protocols::commit_blocker`), so a frame never waits for a
+//! client and no client can delay a commit. The one in-fence a commit carries is fencegate's own
+//! render fence, on the primary plane's `IN_FENCE_FD`; each commit also asks for the CRTC's
+//! `OUT_FENCE_PTR` fence.
+//!
+//! # Session
+//! When the session is paused (VT switch, Ctrl+Alt+F<n>), DRM master and input are gone: no
+//! frame is committed and input is suspended. Clients, surfaces and fences are untouched. On
+//! resume the next frame sets the mode again and is drawn whole.
+
+mod kms_output;
+
+use std::ffi::CStr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use fence_bridge::{read_flip_events, EglFenceError, FenceProps, FlipEvent, SyncFile};
+use smithay::backend::allocator::dmabuf::Dmabuf;
+use smithay::backend::allocator::format::FormatSet;
+use smithay::backend::allocator::gbm::{GbmAllocator, GbmBufferFlags, GbmDevice};
+use smithay::backend::drm::{DrmDeviceFd, DrmNode, NodeType};
+use smithay::backend::egl::{EGLContext, EGLDisplay};
+use smithay::backend::input::InputEvent;
+use smithay::backend::libinput::{LibinputInputBackend, LibinputSessionInterface};
+use smithay::backend::renderer::damage::OutputDamageTracker;
+use smithay::backend::renderer::gles::{ffi, GlesRenderer};
+use smithay::backend::renderer::pixman::PixmanRenderer;
+use smithay::backend::renderer::{Bind, ImportDma};
+use smithay::backend::session::libseat::{LibSeatSession, LibSeatSessionNotifier};
+use smithay::backend::session::{Event as SessionEvent, Session};
+use smithay::backend::udev;
+use smithay::desktop::utils::OutputPresentationFeedback;
+use smithay::reexports::calloop::generic::Generic;
+use smithay::reexports::calloop::{Interest, LoopHandle, Mode as FdMode, PostAction};
+use smithay::reexports::input::Libinput;
+use smithay::reexports::rustix::fs::OFlags;
+use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
+use smithay::utils::{DeviceFd, Physical, Size, Transform};
+use smithay::wayland::presentation::Refresh;
+use tracing::{error, info, warn};
+
+use self::kms_output::KmsOutput;
+use super::guarded_gles::GuardedGles;
+use crate::render::{render_space, RenderedFrame};
+use crate::state::{Core, State};
+
+pub struct Drm {
+    session: LibSeatSession,
+    card: DrmDeviceFd,
+    card_path: PathBuf,
+    render_node: Option<DrmNode>,
+    renderer: ScanoutRenderer,
+    output: KmsOutput,
+    damage_tracker: OutputDamageTracker,
+    fence_props: FenceProps,
+    libinput: Libinput,
+    /// False while the session is paused: no DRM master, no input.
+    active: bool,
+}
+
+enum ScanoutRenderer {
+    Gles(Box<GuardedGles>),
+    Pixman(PixmanRenderer),
+}
+
+/// The event sources [`Drm::new`] creates; [`Drm::insert_sources`] hands them to the loop.
+pub struct DrmSources {
+    session: LibSeatSessionNotifier,
+    input: LibinputInputBackend,
+    card: DrmDeviceFd,
+}
+
+impl Drm {
+    /// Opens the session, the GPU (`device`, else udev's primary GPU of the seat), its first
+    /// connected output and the seat's input devices.
+    pub fn new(device: Option<&Path>, force_pixman: bool) -> anyhow::Result<(Drm, DrmSources)> {
+        let (mut session, notifier) = LibSeatSession::new().map_err(|err| {
+            anyhow!(
+                "no libseat session ({err}): run fencegate from a text console (logind), or \
+                 under `seatd-launch`"
+            )
+        })?;
+        let seat = session.seat();
+        let card_path = match device {
+            Some(path) => path.to_owned(),
+            None => pick_gpu(&seat)?,
+        };
+        let fd = session
+            .open(
+                &card_path,
+                OFlags::RDWR | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            )
+            .with_context(|| format!("opening {} through the session", card_path.display()))?;
+        let card = DrmDeviceFd::new(DeviceFd::from(fd));
+        let render_node = DrmNode::from_file(card.as_fd())
+            .ok()
+            .and_then(|node| node.node_with_type(NodeType::Render))
+            .and_then(Result::ok);
+        let gbm = GbmDevice::new(card.clone()).context("GBM device")?;
+
+        let renderer = if force_pixman {
+            info!("drm: pixman renderer (asked for with --pixman)");
+            ScanoutRenderer::Pixman(PixmanRenderer::new().context("pixman renderer")?)
+        } else {
+            match init_gles(&gbm) {
+                Ok((renderer, gl_renderer)) => {
+                    if is_software(&gl_renderer) {
+                        info!(
+                            "drm: GLES on {gl_renderer}: Mesa renders this KMS device in \
+                             software; a supported configuration, only slower"
+                        );
+                    } else {
+                        info!("drm: GLES on {gl_renderer}");
+                    }
+                    ScanoutRenderer::Gles(Box::new(GuardedGles::new(renderer, render_node)))
+                }
+                Err(err) => {
+                    warn!("drm: no usable EGL on {} ({err:#}); using pixman", card_path.display());
+                    ScanoutRenderer::Pixman(PixmanRenderer::new().context("pixman renderer")?)
+                }
+            }
+        };
+
+        let allocator =
+            GbmAllocator::new(gbm, GbmBufferFlags::RENDERING | GbmBufferFlags::SCANOUT);
+        let output = KmsOutput::first_connected(&card, allocator)
+            .with_context(|| format!("setting up an output on {}", card_path.display()))?;
+        let (width, height) = output.mode.size();
+        let damage_tracker = OutputDamageTracker::new(
+            (i32::from(width), i32::from(height)),
+            1.0,
+            Transform::Normal,
+        );
+
+        let mut libinput =
+            Libinput::new_with_udev(LibinputSessionInterface::from(session.clone()));
+        if libinput.udev_assign_seat(&seat).is_err() {
+            warn!("libinput: cannot assign seat {seat}: no input");
+        }
+        let input = LibinputInputBackend::new(libinput.clone());
+        info!(
+            "drm: session on seat {seat}, device {}, render node {}",
+            card_path.display(),
+            render_node.map(|n| n.to_string()).unwrap_or_else(|| "none".into())
+        );
+        let sources = DrmSources {
+            session: notifier,
+            input,
+            card: card.clone(),
+        };
+        let active = session.is_active();
+        Ok((
+            Drm {
+                session,
+                card,
+                card_path,
+                render_node,
+                renderer,
+                output,
+                damage_tracker,
+                fence_props: FenceProps::new(),
+                libinput,
+                active,
+            },
+            sources,
+        ))
+    }
+
+    /// Session changes, input and flip completions go to the loop.
+    pub fn insert_sources(
+        sources: DrmSources,
+        loop_handle: &LoopHandle<'static, State>,
+    ) -> anyhow::Result<()> {
+        loop_handle
+            .insert_source(sources.session, |event, _, state| {
+                if let crate::backend::Backend::Drm(drm) = &mut state.backend {
+                    drm.on_session_event(event);
+                }
+            })
+            .map_err(|err| anyhow!("inserting the session source: {err}"))?;
+        loop_handle
+            .insert_source(sources.input, |event, _, state| {
+                if !matches!(event, InputEvent::DeviceAdded { .. } | InputEvent::DeviceRemoved { .. })
+                {
+                    state.handle_input(event);
+                }
+            })
+            .map_err(|err| anyhow!("inserting the libinput source: {err}"))?;
+        loop_handle
+            .insert_source(
+                Generic::new(sources.card, Interest::READ, FdMode::Level),
+                |_, card, state| {
+                    match read_flip_events(card.as_fd()) {
+                        Ok(events) => {
+                            for event in events {
+                                state.on_flip(event);
+                            }
+                        }
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(err) => error!("reading DRM events: {err}"),
+                    }
+                    Ok(PostAction::Continue)
+                },
+            )
+            .map_err(|err| anyhow!("inserting the DRM event source: {err}"))?;
+        Ok(())
+    }
+
+    pub fn mode_size(&self) -> Size<i32, Physical> {
+        let (width, height) = self.output.mode.size();
+        Size::from((i32::from(width), i32::from(height)))
+    }
+
+    /// The mode's refresh rate in mHz, from its pixel clock (vrefresh is rounded to whole Hz).
+    pub fn refresh_mhz(&self) -> i32 {
+        let mode = &self.output.mode;
+        let total = u64::from(mode.hsync().2) * u64::from(mode.vsync().2);
+        if total == 0 {
+            return mode.vrefresh() as i32 * 1000;
+        }
+        (u64::from(mode.clock()) * 1_000_000 / total) as i32
+    }
+
+    pub fn output_name(&self) -> &str {
+        &self.output.name
+    }
+
+    pub fn card_path(&self) -> &Path {
+        &self.card_path
+    }
+
+    pub fn renderer_name(&self) -> &'static str {
+        match self.renderer {
+            ScanoutRenderer::Gles(_) => "gles",
+            ScanoutRenderer::Pixman(_) => "pixman",
+        }
+    }
+
+    pub fn render_node(&self) -> Option<DrmNode> {
+        self.render_node
+    }
+
+    pub fn dmabuf_formats(&self) -> FormatSet {
+        match &self.renderer {
+            ScanoutRenderer::Gles(renderer) => renderer.inner.dmabuf_formats(),
+            ScanoutRenderer::Pixman(renderer) => renderer.dmabuf_formats(),
+        }
+    }
+
+    pub fn import_dmabuf(&mut self, dmabuf: &Dmabuf) -> anyhow::Result<()> {
+        match &mut self.renderer {
+            ScanoutRenderer::Gles(renderer) => renderer.import_client_dmabuf(dmabuf),
+            ScanoutRenderer::Pixman(renderer) => renderer
+                .import_dmabuf(dmabuf, None)
+                .map(drop)
+                .map_err(|e| anyhow!("{e:?}")),
+        }
+    }
+
+    /// Flip timestamps come from the kernel at the start of scan-out.
+    pub fn presentation_flags(&self) -> wp_presentation_feedback::Kind {
+        wp_presentation_feedback::Kind::Vsync
+            | wp_presentation_feedback::Kind::HwClock
+            | wp_presentation_feedback::Kind::HwCompletion
+    }
+
+    /// Renders and commits a frame, unless the session is paused or the last commit has not
+    /// flipped yet (then the frame is skipped, and the damage stays for the next one).
+    pub fn render(&mut self, core: &Core, capture: bool) -> anyhow::Result<RenderedFrame> {
+        if !self.active || self.output.is_flip_pending() {
+            return Ok(RenderedFrame::skipped());
+        }
+        let (slot, mut dmabuf, age) = self.output.acquire(&self.card)?;
+        let tracker = &mut self.damage_tracker;
+        let frame = match &mut self.renderer {
+            ScanoutRenderer::Gles(renderer) => {
+                let mut target = renderer
+                    .inner
+                    .bind(&mut dmabuf)
+                    .map_err(|err| anyhow!("binding a scanout buffer: {err:?}"))?;
+                render_space(&mut **renderer, &mut target, tracker, age, core, capture)?
+            }
+            ScanoutRenderer::Pixman(renderer) => {
+                let mut target = renderer
+                    .bind(&mut dmabuf)
+                    .map_err(|err| anyhow!("binding a scanout buffer: {err:?}"))?;
+                render_space(renderer, &mut target, tracker, age, core, capture)?
+            }
+        };
+        if !frame.rendered {
+            // Nothing changed: the buffer goes back unused and the screen keeps its frame.
+            return Ok(frame);
+        }
+        let render_fence = scanout_fence(&frame);
+        self.output
+            .queue(&self.card, &self.fence_props, slot, render_fence.as_ref())
+            .with_context(|| format!("atomic commit on {}", self.output.name))?;
+        Ok(frame)
+    }
+
+    /// Presentation feedback of the frame just committed, answered when it flips.
+    pub fn defer_presentation(&mut self, feedback: OutputPresentationFeedback, sequence: u64) {
+        if let Some(flip) = self.output.in_flight_mut() {
+            flip.feedback = Some(feedback);
+            flip.sequence = sequence;
+        }
+    }
+
+    pub fn change_vt(&mut self, vt: i32) {
+        if let Err(err) = self.session.change_vt(vt) {
+            warn!("switching to VT {vt}: {err}");
+        }
+    }
+
+    fn on_session_event(&mut self, event: SessionEvent) {
+        match event {
+            SessionEvent::PauseSession => {
+                info!("drm: session paused");
+                self.active = false;
+                self.libinput.suspend();
+                self.output.paused();
+            }
+            SessionEvent::ActivateSession => {
+                info!("drm: session resumed");
+                if self.libinput.resume().is_err() {
+                    warn!("libinput: cannot resume input");
+                }
+                self.output.resumed();
+                self.active = true;
+            }
+        }
+    }
+}
+
+impl State {
+    /// A commit of ours reached the screen.
+    fn on_flip(&mut self, event: FlipEvent) {
+        let crate::backend::Backend::Drm(drm) = &mut self.backend else {
+            return;
+        };
+        if event.crtc.is_some_and(|crtc| crtc != drm.output.crtc) {
+            return;
+        }
+        let flags = drm.presentation_flags();
+        let Some(flip) = drm.output.flip_done() else {
+            return;
+        };
+        if let Some(mut feedback) = flip.feedback.take() {
+            let time = Duration::from_nanos(event.timestamp.as_nanos().max(0) as u64);
+            let refresh = Refresh::fixed(self.core.frame_interval);
+            feedback.presented::<_, smithay::utils::Monotonic>(time, refresh, flip.sequence, flags);
+        }
+    }
+}
+
+/// The render fence as a sync_file for `IN_FENCE_FD`; None when rendering has completed
+/// (pixman, or no fence). A fence that cannot be exported is waited for here: our own GPU
+/// work, never a client's, and only on drivers without EGL_ANDROID_native_fence_sync.
+fn scanout_fence(frame: &RenderedFrame) -> Option<SyncFile> {
+    match SyncFile::from_sync_point(&frame.sync) {
+        Ok(fence) => Some(fence),
+        Err(EglFenceError::NoFence) => None,
+        Err(err) => {
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                warn!(%err, "drm: the render fence cannot be exported as a sync_file: each \
+                    frame waits for its rendering on the CPU before the commit");
+            }
+            if let Err(err) = frame.sync.wait() {
+                warn!("waiting for the frame's rendering: {err:?}");
+            }
+            None
+        }
+    }
+}
+
+/// The seat's primary GPU (the boot VGA device) or else its first GPU.
+fn pick_gpu(seat: &str) -> anyhow::Result<PathBuf> {
+    if let Some(path) = udev::primary_gpu(seat).context("udev: primary GPU")? {
+        return Ok(path);
+    }
+    udev::all_gpus(seat)
+        .context("udev: GPUs")?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("udev lists no GPU on seat {seat} (is udevd running?)"))
+}
+
+/// GLES on the GBM device's EGL display, and the GL renderer's name.
+fn init_gles(gbm: &GbmDevice<DrmDeviceFd>) -> anyhow::Result<(GlesRenderer, String)> {
+    // SAFETY: the GBM device is kept alive by the display (it holds a clone).
+    let display = unsafe { EGLDisplay::new(gbm.clone()) }.context("EGL display on GBM")?;
+    let context = EGLContext::new(&display).context("EGL context")?;
+    // SAFETY: the context is fresh and only this renderer uses it.
+    let mut renderer = unsafe { GlesRenderer::new(context) }.context("GLES renderer")?;
+    let name = renderer
+        .with_context(|gl| {
+            // SAFETY: GL_RENDERER is a static NUL-terminated string of the current context.
+            let ptr = unsafe { gl.GetString(ffi::RENDERER) };
+            if ptr.is_null() {
+                String::from("an unnamed GL renderer")
+            } else {
+                unsafe { CStr::from_ptr(ptr.cast()) }.to_string_lossy().into_owned()
+            }
+        })
+        .context("querying GL_RENDERER")?;
+    Ok((renderer, name))
+}
+
+fn is_software(gl_renderer: &str) -> bool {
+    ["llvmpipe", "softpipe", "swrast"]
+        .iter()
+        .any(|name| gl_renderer.contains(name))
+}
