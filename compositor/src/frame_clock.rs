@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use fence_bridge::{EglFenceError, SyncFile};
 use fencegate_protocols::drm_syncobj::DrmSyncobjCachedState;
 use fencegate_protocols::explicit_sync::ExplicitSyncCachedState;
+use fencegate_protocols::ReleaseFence;
 
 use smithay::backend::renderer::element::{
     default_primary_scanout_output_compare, RenderElementStates,
@@ -42,6 +43,7 @@ use smithay::utils::{Monotonic, Time};
 use smithay::wayland::presentation::Refresh;
 use tracing::{error, info, warn};
 
+use crate::render::RenderedFrame;
 use crate::screenshot::Capture;
 use crate::state::{Core, State};
 
@@ -79,7 +81,7 @@ impl State {
             Ok(frame) => {
                 if frame.rendered {
                     self.core.frames_rendered += 1;
-                    self.core.mark_sampled_buffers(&frame.sync, &frame.states);
+                    self.core.mark_sampled_buffers(&frame);
                     let feedback = self.core.presentation_feedback(&frame.states);
                     self.backend.present(
                         feedback,
@@ -136,10 +138,17 @@ impl Core {
     /// Records this frame's fence on the current release of every surface it presented, a
     /// linux-drm-syncobj-v1 release point or a zwp_linux_buffer_release_v1 (see the [module
     /// docs](self)). Only for rendered frames: a skipped frame sampled nothing.
-    fn mark_sampled_buffers(&self, sync: &SyncPoint, states: &RenderElementStates) {
+    fn mark_sampled_buffers(&self, frame: &RenderedFrame) {
+        let states = &frame.states;
         // Exported once per frame, and only when some sampled buffer has a release.
         let mut fence: Option<Option<Arc<SyncFile>>> = None;
-        let mut fence = || fence.get_or_insert_with(|| frame_fence(sync)).clone();
+        let mut fence = || match &frame.scanned_out {
+            Some(scanout) => Some(ReleaseFence::Scanout(scanout.clone())),
+            None => fence
+                .get_or_insert_with(|| frame_fence(&frame.sync))
+                .clone()
+                .map(ReleaseFence::Rendered),
+        };
         for window in self.space.elements() {
             window.with_surfaces(|surface, data| {
                 if !states.element_was_presented(surface) {

@@ -1,6 +1,9 @@
 //! Drawing the space onto one output, for any renderer, and reading the result back.
 
+use std::sync::Arc;
+
 use anyhow::anyhow;
+use fencegate_protocols::ScanoutFence;
 use smithay::backend::allocator::Fourcc;
 use smithay::backend::renderer::damage::OutputDamageTracker;
 use smithay::backend::renderer::element::surface::WaylandSurfaceRenderElement;
@@ -28,6 +31,10 @@ pub struct RenderedFrame {
     /// frame and for renderers that finish before returning, like pixman). Release points of
     /// the buffers it sampled are signalled after it (see `frame_clock`).
     pub sync: SyncPoint,
+    /// Set when the display scans the frame's surface out directly, with no render pass: its
+    /// buffer is read until the next frame is on screen, so its release waits for this fence
+    /// instead of `sync` (see `backend::drm::direct_scanout`).
+    pub scanned_out: Option<Arc<ScanoutFence>>,
     pub capture: Option<Capture>,
 }
 
@@ -40,6 +47,7 @@ impl RenderedFrame {
             damage: None,
             states: RenderElementStates::default(),
             sync: SyncPoint::signaled(),
+            scanned_out: None,
             capture: None,
         }
     }
@@ -88,6 +96,7 @@ where
         damage,
         states,
         sync,
+        scanned_out: None,
         capture,
     })
 }

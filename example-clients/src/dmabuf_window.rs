@@ -85,11 +85,21 @@ impl DmabufWindow {
             }
             (None, None) => None,
         };
-        let allocator = Allocator::open(args.allocator, device.as_ref(), args.size)?;
-
         let title = args.title.clone().unwrap_or_else(|| name.to_owned());
         let window = client.try_create_window(&title, &format!("fencegate.{name}"))?;
         client.wait_configured(window, CONFIGURE_TIMEOUT)?;
+        let mut size = args.size;
+        if args.fullscreen {
+            client.set_fullscreen(window, true);
+            client.dispatch_until(CONFIGURE_TIMEOUT, "the fullscreen configure", |state| {
+                state.windows[window.0].fullscreen
+            })?;
+            let (width, height) = client.state.windows[window.0].last_configure_size;
+            if width > 0 && height > 0 {
+                size = (width as u32, height as u32);
+            }
+        }
+        let allocator = Allocator::open(args.allocator, device.as_ref(), size)?;
         let surface = client.state.windows[window.0].surface.clone();
         Ok(DmabufWindow {
             client,
@@ -98,7 +108,7 @@ impl DmabufWindow {
             linux_dmabuf,
             device,
             allocator,
-            size: args.size,
+            size,
             modifier,
         })
     }

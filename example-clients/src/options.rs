@@ -59,6 +59,11 @@ pub struct DmabufWindowArgs {
     /// Window title (default: the client's name).
     #[arg(long)]
     pub title: Option<String>,
+
+    /// Ask to be fullscreen and draw at the size the compositor configures (--size is then
+    /// only the fallback if it picks none): on a DRM output, a candidate for direct scanout.
+    #[arg(long)]
+    pub fullscreen: bool,
 }
 
 impl DmabufWindowArgs {

@@ -27,10 +27,12 @@ pub mod drm_syncobj;
 pub mod explicit_sync;
 pub mod implicit_sync;
 mod owed;
+pub mod release_fence;
 mod surface_link;
 pub mod wait_times;
 
 pub use implicit_sync::TimeoutAction;
+pub use release_fence::{ReleaseFence, ScanoutFence};
 
 pub use fence_bridge;
 

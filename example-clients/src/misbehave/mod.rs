@@ -246,6 +246,7 @@ impl Stage {
             device: args.device.clone(),
             allocator: args.allocator,
             title: args.scenario.map(|s| format!("{NAME} {}", s.name())),
+            fullscreen: false,
         };
         let win = DmabufWindow::open(&window_args, NAME)?;
         let manager = bind_manager(&win.client)?;

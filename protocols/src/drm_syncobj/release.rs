@@ -50,6 +50,7 @@ use fence_bridge::{SyncFile, SyncobjPoint};
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 
 use crate::owed::{Owed, Settle};
+use crate::release_fence::ReleaseFence;
 
 /// An owed signal of a client's release point (see the [module docs](self)). Dropping it
 /// signals the point.
@@ -61,8 +62,8 @@ pub struct ReleasePoint {
 /// What a [`ReleasePoint`] owes, until paid.
 pub(crate) struct Debt {
     point: SyncobjPoint,
-    /// The fence of the last frame that sampled the buffer ([`ReleasePoint::sampled_by`]).
-    sampled: Option<Arc<SyncFile>>,
+    /// The fence of the last frame that read the buffer ([`ReleasePoint::sampled_by`]).
+    sampled: Option<ReleaseFence>,
     /// Where to count how the point was released.
     counters: Option<Arc<ReleaseCounters>>,
     /// When it was released (signalled, or given the fence to signal after).
@@ -156,14 +157,16 @@ impl ReleasePoint {
         self.owed.list_on(surface);
     }
 
-    /// Records that a frame sampled the buffer this point belongs to: `fence` is that frame's
-    /// render fence, `None` when the frame's work is known complete (no fence, or not exportable
-    /// and finished). The last call wins: frames complete in submission order, so the newest
+    /// Records that a frame read the buffer this point belongs to: `fence` is that frame's
+    /// render fence, or the [`ScanoutFence`](crate::ScanoutFence) of the frame that scans it
+    /// out; `None` when the frame's work is known complete (no fence, or not exportable and
+    /// finished). The last call wins: frames complete in submission order, so the newest
     /// frame's fence covers the older ones.
     ///
     /// When the point becomes due ([`Drop`], [`ReleasePoint::release`]) a recorded fence is
-    /// imported into the point; without one the point is signalled from the CPU.
-    pub fn sampled_by(&mut self, fence: Option<Arc<SyncFile>>) {
+    /// imported into the point (a scanout fence once the replacing commit is made); without one
+    /// the point is signalled from the CPU.
+    pub fn sampled_by(&mut self, fence: Option<ReleaseFence>) {
         self.owed.with(|debt| {
             if let Some(debt) = debt {
                 debt.sampled = fence;
@@ -172,7 +175,7 @@ impl ReleasePoint {
     }
 
     /// The fence recorded by [`ReleasePoint::sampled_by`], if any.
-    pub fn sampled_fence(&self) -> Option<Arc<SyncFile>> {
+    pub fn sampled_fence(&self) -> Option<ReleaseFence> {
         self.owed.with(|debt| debt.and_then(|d| d.sampled.clone()))
     }
 
@@ -230,7 +233,21 @@ impl ReleasePoint {
 impl Debt {
     fn release(mut self) -> io::Result<()> {
         match self.sampled.take() {
-            Some(fence) => self.signal_after(&fence),
+            Some(ReleaseFence::Rendered(fence)) => self.signal_after(&fence),
+            Some(ReleaseFence::Scanout(scanout)) => {
+                // Paid when the commit that takes the buffer off screen is made (see
+                // `crate::release_fence`); failures are logged there, as for a settle.
+                scanout.then(move |fence| {
+                    let result = match fence {
+                        Some(fence) => self.signal_after(fence),
+                        None => self.signal(),
+                    };
+                    if let Err(err) = result {
+                        tracing::error!(%err, "releasing a scanned-out buffer's point failed");
+                    }
+                });
+                Ok(())
+            }
             None => self.signal(),
         }
     }

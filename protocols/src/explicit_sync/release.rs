@@ -43,6 +43,7 @@ use smithay::reexports::wayland_protocols::wp::linux_explicit_synchronization::z
 use smithay::reexports::wayland_server::Resource;
 
 use crate::owed::{Owed, Settle};
+use crate::release_fence::ReleaseFence;
 
 /// User data of a `zwp_linux_buffer_release_v1`: whether its one event has been sent.
 #[derive(Debug, Default)]
@@ -140,8 +141,8 @@ pub struct BufferRelease {
 /// What a [`BufferRelease`] owes, until sent.
 pub(crate) struct Debt {
     object: ZwpLinuxBufferReleaseV1,
-    /// The fence of the last frame that sampled the buffer.
-    sampled: Option<Arc<SyncFile>>,
+    /// The fence of the last frame that read the buffer.
+    sampled: Option<ReleaseFence>,
     counters: Arc<BufferReleaseCounters>,
 }
 
@@ -167,10 +168,12 @@ impl BufferRelease {
         self.owed.list_on(surface);
     }
 
-    /// Records that a frame sampled the buffer: `fence` is that frame's render fence, `None`
-    /// when its work is known complete. The last call wins (frames complete in order). When the
-    /// release is due, a recorded fence goes out as `fenced_release`.
-    pub fn sampled_by(&mut self, fence: Option<Arc<SyncFile>>) {
+    /// Records that a frame read the buffer: `fence` is that frame's render fence or the
+    /// [`ScanoutFence`](crate::ScanoutFence) of the frame scanning it out, `None` when its work
+    /// is known complete. The last call wins (frames complete in order). When the release is
+    /// due, a recorded fence goes out as `fenced_release` (a scanout fence once the replacing
+    /// commit is made).
+    pub fn sampled_by(&mut self, fence: Option<ReleaseFence>) {
         self.owed.with(|debt| {
             if let Some(debt) = debt {
                 debt.sampled = fence;
@@ -179,7 +182,7 @@ impl BufferRelease {
     }
 
     /// The fence recorded by [`BufferRelease::sampled_by`], if any.
-    pub fn sampled_fence(&self) -> Option<Arc<SyncFile>> {
+    pub fn sampled_fence(&self) -> Option<ReleaseFence> {
         self.owed.with(|debt| debt.and_then(|d| d.sampled.clone()))
     }
 
@@ -209,8 +212,17 @@ impl BufferRelease {
 
 impl Debt {
     fn send_sampled(mut self) -> bool {
-        let sampled = self.sampled.take();
-        self.send(sampled.as_deref())
+        match self.sampled.take() {
+            Some(ReleaseFence::Rendered(fence)) => self.send(Some(&fence)),
+            Some(ReleaseFence::Scanout(scanout)) => {
+                // Sent when the commit that takes the buffer off screen is made.
+                scanout.then(move |fence| {
+                    self.send(fence);
+                });
+                true
+            }
+            None => self.send(None),
+        }
     }
 
     fn send(self, fence: Option<&SyncFile>) -> bool {

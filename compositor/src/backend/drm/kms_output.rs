@@ -16,21 +16,26 @@
 //! never more than one frame ahead of the display.
 
 use std::io;
-use std::os::fd::AsFd as _;
+
+use std::rc::Rc;
+use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
 use drm::control::{
-    connector, crtc, plane, property, AtomicCommitFlags, Device as ControlDevice, Mode,
-    ModeTypeFlags,
+    connector, crtc, framebuffer, plane, property, AtomicCommitFlags, Device as ControlDevice,
+    Mode, ModeTypeFlags,
 };
 use drm::{ClientCapability, Device as _};
-use fence_bridge::{FenceProps, FencedCommit, SyncFile};
+use fence_bridge::{FenceProps, FencedCommit, OutFence, SyncFile};
+use fencegate_protocols::ScanoutFence;
 use smithay::backend::allocator::dmabuf::{AsDmabuf, Dmabuf};
 use smithay::backend::allocator::gbm::{GbmAllocator, GbmBuffer};
 use smithay::backend::allocator::{Fourcc, Modifier, Slot, Swapchain};
 use smithay::backend::drm::gbm::{framebuffer_from_bo, GbmFramebuffer};
 use smithay::backend::drm::DrmDeviceFd;
+use smithay::backend::renderer::utils::{Buffer, CommitCounter};
 use smithay::desktop::utils::OutputPresentationFeedback;
+use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use tracing::{debug, info};
 
 /// What the primary plane scans out.
@@ -39,12 +44,40 @@ pub const SCANOUT_FORMAT: Fourcc = Fourcc::Xrgb8888;
 /// A frame committed to the output: in flight until its flip event, then on screen until the
 /// next one replaces it.
 pub struct Flip {
-    /// Keeps the buffer (and its framebuffer) out of the swapchain while the display may read it.
-    _slot: Slot<GbmBuffer>,
+    /// What the plane shows; kept (out of the swapchain, or the client's buffer unreleased)
+    /// while the display may read it.
+    frame: Scanned,
     /// Presentation feedback of the surfaces this frame shows, answered at the flip.
     pub feedback: Option<OutputPresentationFeedback>,
     /// The presentation sequence number the feedback reports.
     pub sequence: u64,
+}
+
+/// What a frame puts on the primary plane.
+pub enum Scanned {
+    /// A swapchain buffer fencegate rendered.
+    Composited(Slot<GbmBuffer>),
+    /// A client's buffer, scanned out directly (see `direct_scanout`).
+    Client {
+        framebuffer: Rc<GbmFramebuffer>,
+        /// Holding it keeps `wl_buffer.release` from going out while the display reads it.
+        _buffer: Buffer,
+        surface: WlSurface,
+        commit: CommitCounter,
+    },
+}
+
+impl Scanned {
+    fn framebuffer(&self) -> framebuffer::Handle {
+        match self {
+            Scanned::Composited(slot) => *slot
+                .userdata()
+                .get::<GbmFramebuffer>()
+                .expect("acquire adds the framebuffer")
+                .as_ref(),
+            Scanned::Client { framebuffer, .. } => *framebuffer.as_ref().as_ref(),
+        }
+    }
 }
 
 /// Property ids of the objects one output commits to (ids are per device).
@@ -73,6 +106,8 @@ pub struct KmsOutput {
     needs_modeset: bool,
     in_flight: Option<Flip>,
     on_screen: Option<Flip>,
+    /// The [`ScanoutFence`] of the last frame committed: the next commit's out-fence resolves it.
+    off_screen: Option<Arc<ScanoutFence>>,
 }
 
 impl KmsOutput {
@@ -149,6 +184,7 @@ impl KmsOutput {
             needs_modeset: true,
             in_flight: None,
             on_screen: None,
+            off_screen: None,
         })
     }
 
@@ -186,30 +222,88 @@ impl KmsOutput {
         Ok((slot, dmabuf, age))
     }
 
-    /// Commits `slot` (rendered, its render fence `render_fence`) without blocking. The flip is
-    /// then in flight until [`KmsOutput::flip_done`].
+    /// Commits `frame` without blocking; `in_fence` goes on the plane's `IN_FENCE_FD` (the
+    /// render fence of a composited frame, an already signalled fence for a client buffer). The
+    /// flip is then in flight until [`KmsOutput::flip_done`]. `off_screen` is this frame's
+    /// [`ScanoutFence`]: the next commit resolves it with its out-fence.
     pub fn queue(
         &mut self,
         card: &DrmDeviceFd,
         fence_props: &FenceProps,
-        slot: Slot<GbmBuffer>,
-        render_fence: Option<&SyncFile>,
+        frame: Scanned,
+        in_fence: Option<&SyncFile>,
+        off_screen: Arc<ScanoutFence>,
     ) -> io::Result<()> {
-        let framebuffer = *slot
-            .userdata()
-            .get::<GbmFramebuffer>()
-            .expect("acquire adds the framebuffer")
-            .as_ref();
+        let framebuffer = frame.framebuffer();
+        let mut out_fence = OutFence::new();
+        let mut flags = AtomicCommitFlags::NONBLOCK | AtomicCommitFlags::PAGE_FLIP_EVENT;
+        if self.needs_modeset {
+            flags |= AtomicCommitFlags::ALLOW_MODESET;
+        }
+        self.commit(card, fence_props, framebuffer, in_fence, Some(&mut out_fence), flags)?;
+        self.needs_modeset = false;
+        if let Scanned::Composited(slot) = &frame {
+            self.swapchain.submitted(slot);
+        } else {
+            // Back to compositing later: the swapchain's contents are stale by then.
+            self.swapchain.reset_buffer_ages();
+        }
+        // This commit's out-fence signals when the frame before it leaves the screen.
+        let out_fence = out_fence.take_sync_file().map(Arc::new);
+        if let Some(previous) = self.off_screen.replace(off_screen) {
+            previous.resolve(out_fence);
+        }
+        self.in_flight = Some(Flip {
+            frame,
+            feedback: None,
+            sequence: 0,
+        });
+        Ok(())
+    }
+
+    /// Asks the kernel whether `framebuffer` can go on the plane (`TEST_ONLY`: nothing changes).
+    pub fn test(
+        &self,
+        card: &DrmDeviceFd,
+        fence_props: &FenceProps,
+        framebuffer: framebuffer::Handle,
+        in_fence: Option<&SyncFile>,
+    ) -> io::Result<()> {
+        let mut flags = AtomicCommitFlags::TEST_ONLY;
+        if self.needs_modeset {
+            flags |= AtomicCommitFlags::ALLOW_MODESET;
+        }
+        self.commit(card, fence_props, framebuffer, in_fence, None, flags)
+    }
+
+    /// Whether the last frame committed shows `commit` of `surface` scanned out directly.
+    pub fn shows(&self, surface: &WlSurface, commit: CommitCounter) -> bool {
+        let last = self.in_flight.as_ref().or(self.on_screen.as_ref());
+        matches!(last, Some(Flip { frame: Scanned::Client { surface: s, commit: c, .. }, .. })
+            if s == surface && *c == commit)
+    }
+
+    fn commit(
+        &self,
+        card: &DrmDeviceFd,
+        fence_props: &FenceProps,
+        framebuffer: framebuffer::Handle,
+        in_fence: Option<&SyncFile>,
+        out_fence: Option<&mut OutFence>,
+        flags: AtomicCommitFlags,
+    ) -> io::Result<()> {
         let (width, height) = self.mode.size();
         let (width, height) = (u64::from(width), u64::from(height));
         let props = self.props;
-        let modeset = self.needs_modeset;
-        let blob = if modeset {
-            Some(card.create_property_blob(&self.mode)?)
+        let blob = if flags.contains(AtomicCommitFlags::ALLOW_MODESET) {
+            match card.create_property_blob(&self.mode)? {
+                property::Value::Blob(id) => Some(id),
+                _ => None,
+            }
         } else {
             None
         };
-        let result = {
+        let result = (|| {
             let mut commit = FencedCommit::new(card, fence_props);
             if let Some(blob) = blob {
                 commit.add_property(
@@ -217,7 +311,7 @@ impl KmsOutput {
                     props.connector_crtc_id,
                     property::Value::CRTC(Some(self.crtc)),
                 )?;
-                commit.add_property(self.crtc, props.crtc_mode_id, blob)?;
+                commit.add_property(self.crtc, props.crtc_mode_id, property::Value::Blob(blob))?;
                 commit.add_property(self.crtc, props.crtc_active, property::Value::Boolean(true))?;
             }
             let plane = self.plane;
@@ -233,42 +327,28 @@ impl KmsOutput {
             )?;
             // Source rectangle in 16.16 fixed point, destination in pixels: the whole mode.
             let src = [0, 0, width << 16, height << 16];
-            let dst = [0, 0, width, height];
             for (prop, value) in props.plane_src.iter().zip(src) {
                 commit.add_property(plane, *prop, property::Value::UnsignedRange(value))?;
             }
             // CRTC_X/Y are signed (a plane may hang off the left or top edge), CRTC_W/H not.
-            for (prop, value) in props.plane_crtc[..2].iter().zip(&dst[..2]) {
-                commit.add_property(plane, *prop, property::Value::SignedRange(*value as i64))?;
-            }
-            for (prop, value) in props.plane_crtc[2..].iter().zip(&dst[2..]) {
-                commit.add_property(plane, *prop, property::Value::UnsignedRange(*value))?;
-            }
-            match render_fence {
+            commit.add_property(plane, props.plane_crtc[0], property::Value::SignedRange(0))?;
+            commit.add_property(plane, props.plane_crtc[1], property::Value::SignedRange(0))?;
+            commit.add_property(plane, props.plane_crtc[2], property::Value::UnsignedRange(width))?;
+            commit.add_property(plane, props.plane_crtc[3], property::Value::UnsignedRange(height))?;
+            match in_fence {
                 Some(fence) => commit.set_in_fence(plane, fence.as_fd())?,
                 None => commit.clear_in_fence(plane)?,
             }
-            let mut flags = AtomicCommitFlags::NONBLOCK | AtomicCommitFlags::PAGE_FLIP_EVENT;
-            if modeset {
-                flags |= AtomicCommitFlags::ALLOW_MODESET;
+            if let Some(slot) = out_fence {
+                commit.set_out_fence(self.crtc, slot)?;
             }
             commit.commit(flags, u64::from(u32::from(self.crtc)))
-        };
-        if let property::Value::Blob(id) = blob.unwrap_or(property::Value::Blob(0)) {
-            if id != 0 {
-                // The committed state holds its own reference to the mode.
-                let _ = card.destroy_property_blob(id);
-            }
+        })();
+        if let Some(blob) = blob {
+            // The committed state holds its own reference to the mode.
+            let _ = card.destroy_property_blob(blob);
         }
-        result?;
-        self.needs_modeset = false;
-        self.swapchain.submitted(&slot);
-        self.in_flight = Some(Flip {
-            _slot: slot,
-            feedback: None,
-            sequence: 0,
-        });
-        Ok(())
+        result
     }
 
     /// The in-flight frame, to attach its presentation feedback to.
@@ -289,6 +369,10 @@ impl KmsOutput {
     pub fn paused(&mut self) {
         self.in_flight = None;
         self.needs_modeset = true;
+        // Another session owns the display now: nothing of ours is read any more.
+        if let Some(off_screen) = self.off_screen.take() {
+            off_screen.resolve(None);
+        }
     }
 
     /// The session is back: the display may show anything (another session drew on it), so the

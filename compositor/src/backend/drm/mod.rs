@@ -20,6 +20,7 @@
 //! frame is committed and input is suspended. Clients, surfaces and fences are untouched. On
 //! resume the next frame sets the mode again and is drawn whole.
 
+mod direct_scanout;
 mod kms_output;
 
 use std::ffi::CStr;
@@ -29,7 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use fence_bridge::{read_flip_events, EglFenceError, FenceProps, FlipEvent, SyncFile};
+use fence_bridge::{
+    read_flip_events, DrmDevice, EglFenceError, FenceProps, FlipEvent, SyncFile, Syncobj,
+};
+use fencegate_protocols::ScanoutFence;
 use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::allocator::format::FormatSet;
 use smithay::backend::allocator::gbm::{GbmAllocator, GbmBufferFlags, GbmDevice};
@@ -40,6 +44,7 @@ use smithay::backend::libinput::{LibinputInputBackend, LibinputSessionInterface}
 use smithay::backend::renderer::damage::OutputDamageTracker;
 use smithay::backend::renderer::gles::{ffi, GlesRenderer};
 use smithay::backend::renderer::pixman::PixmanRenderer;
+use smithay::backend::renderer::sync::SyncPoint;
 use smithay::backend::renderer::{Bind, ImportDma};
 use smithay::backend::session::libseat::{LibSeatSession, LibSeatSessionNotifier};
 use smithay::backend::session::{Event as SessionEvent, Session};
@@ -54,7 +59,8 @@ use smithay::utils::{DeviceFd, Physical, Size, Transform};
 use smithay::wayland::presentation::Refresh;
 use tracing::{error, info, warn};
 
-use self::kms_output::KmsOutput;
+use self::direct_scanout::ClientFramebuffers;
+use self::kms_output::{KmsOutput, Scanned};
 use super::guarded_gles::GuardedGles;
 use crate::render::{render_space, RenderedFrame};
 use crate::state::{Core, State};
@@ -64,13 +70,21 @@ pub struct Drm {
     card: DrmDeviceFd,
     card_path: PathBuf,
     render_node: Option<DrmNode>,
+    gbm: GbmDevice<DrmDeviceFd>,
     renderer: ScanoutRenderer,
     output: KmsOutput,
+    client_framebuffers: ClientFramebuffers,
+    /// An already signalled sync_file: the in-fence of a client buffer scanned out directly,
+    /// which switches off the kernel's implicit-fence wait (see `direct_scanout`). None where the
+    /// device has no syncobjs to make one.
+    signalled: Option<SyncFile>,
     damage_tracker: OutputDamageTracker,
     fence_props: FenceProps,
     libinput: Libinput,
     /// False while the session is paused: no DRM master, no input.
     active: bool,
+    /// Whether the last frame was a client buffer scanned out directly (logged on change).
+    direct: bool,
 }
 
 enum ScanoutRenderer {
@@ -112,6 +126,7 @@ impl Drm {
             .and_then(|node| node.node_with_type(NodeType::Render))
             .and_then(Result::ok);
         let gbm = GbmDevice::new(card.clone()).context("GBM device")?;
+        let signalled = signalled_sync_file(&card);
 
         let renderer = if force_pixman {
             info!("drm: pixman renderer (asked for with --pixman)");
@@ -137,7 +152,7 @@ impl Drm {
         };
 
         let allocator =
-            GbmAllocator::new(gbm, GbmBufferFlags::RENDERING | GbmBufferFlags::SCANOUT);
+            GbmAllocator::new(gbm.clone(), GbmBufferFlags::RENDERING | GbmBufferFlags::SCANOUT);
         let output = KmsOutput::first_connected(&card, allocator)
             .with_context(|| format!("setting up an output on {}", card_path.display()))?;
         let (width, height) = output.mode.size();
@@ -170,12 +185,16 @@ impl Drm {
                 card,
                 card_path,
                 render_node,
+                gbm,
                 renderer,
                 output,
+                client_framebuffers: ClientFramebuffers::default(),
+                signalled,
                 damage_tracker,
                 fence_props: FenceProps::new(),
                 libinput,
                 active,
+                direct: false,
             },
             sources,
         ))
@@ -279,12 +298,78 @@ impl Drm {
             | wp_presentation_feedback::Kind::HwCompletion
     }
 
-    /// Renders and commits a frame, unless the session is paused or the last commit has not
-    /// flipped yet (then the frame is skipped, and the damage stays for the next one).
+    /// Shows the next frame, unless the session is paused or the last commit has not flipped
+    /// yet (then the frame is skipped, and the damage stays for the next one): a client buffer
+    /// scanned out directly where one covers the output, else a composited frame.
     pub fn render(&mut self, core: &Core, capture: bool) -> anyhow::Result<RenderedFrame> {
         if !self.active || self.output.is_flip_pending() {
             return Ok(RenderedFrame::skipped());
         }
+        // A capture reads the renderer's target: composite that frame.
+        if !capture {
+            if let Some(frame) = self.scan_out(core)? {
+                return Ok(frame);
+            }
+        }
+        self.composite(core, capture)
+    }
+
+    /// Puts the topmost window's buffer straight on the plane if it can go there. `None`: it
+    /// cannot (no candidate, or the kernel refused it), composite instead.
+    fn scan_out(&mut self, core: &Core) -> anyhow::Result<Option<RenderedFrame>> {
+        let area = core.output_area();
+        let Some(candidate) = direct_scanout::candidate(core, area) else {
+            return Ok(None);
+        };
+        if self.output.shows(&candidate.surface, candidate.commit) {
+            // Already on screen: nothing new to show.
+            return Ok(Some(RenderedFrame::skipped()));
+        }
+        let Some(framebuffer) =
+            self.client_framebuffers
+                .get(&self.card, &self.gbm, &candidate.dmabuf)
+        else {
+            return Ok(None);
+        };
+        let in_fence = self.signalled.as_ref();
+        if let Err(err) = self.output.test(&self.card, &self.fence_props, *(*framebuffer).as_ref(), in_fence) {
+            info!(%err, "drm: the kernel refused a client buffer on the primary plane");
+            self.client_framebuffers.refuse(&candidate.dmabuf);
+            return Ok(None);
+        }
+        let states = candidate.states(area);
+        let off_screen = ScanoutFence::new();
+        let scanned = Scanned::Client {
+            framebuffer,
+            _buffer: candidate.buffer,
+            surface: candidate.surface,
+            commit: candidate.commit,
+        };
+        self.output
+            .queue(&self.card, &self.fence_props, scanned, in_fence, off_screen.clone())
+            .with_context(|| format!("atomic commit on {}", self.output.name))?;
+        if !self.direct {
+            info!(output = %self.output.name, "drm: direct scanout of a client buffer");
+            self.direct = true;
+        }
+        // The damage tracker did not see this frame: the next composited one is drawn whole.
+        self.damage_tracker = OutputDamageTracker::new(
+            (area.size.w, area.size.h),
+            1.0,
+            Transform::Normal,
+        );
+        Ok(Some(RenderedFrame {
+            rendered: true,
+            damage: None,
+            states,
+            sync: SyncPoint::signaled(),
+            scanned_out: Some(off_screen),
+            capture: None,
+        }))
+    }
+
+    /// Renders the space into a swapchain buffer and commits it with its render fence.
+    fn composite(&mut self, core: &Core, capture: bool) -> anyhow::Result<RenderedFrame> {
         let (slot, mut dmabuf, age) = self.output.acquire(&self.card)?;
         let tracker = &mut self.damage_tracker;
         let frame = match &mut self.renderer {
@@ -306,9 +391,19 @@ impl Drm {
             // Nothing changed: the buffer goes back unused and the screen keeps its frame.
             return Ok(frame);
         }
+        if self.direct {
+            info!(output = %self.output.name, "drm: compositing again");
+            self.direct = false;
+        }
         let render_fence = scanout_fence(&frame);
         self.output
-            .queue(&self.card, &self.fence_props, slot, render_fence.as_ref())
+            .queue(
+                &self.card,
+                &self.fence_props,
+                Scanned::Composited(slot),
+                render_fence.as_ref(),
+                ScanoutFence::new(),
+            )
             .with_context(|| format!("atomic commit on {}", self.output.name))?;
         Ok(frame)
     }
@@ -384,6 +479,25 @@ fn scanout_fence(frame: &RenderedFrame) -> Option<SyncFile> {
             if let Err(err) = frame.sync.wait() {
                 warn!("waiting for the frame's rendering: {err:?}");
             }
+            None
+        }
+    }
+}
+
+/// An already signalled sync_file made on `card` (a signalled syncobj exported), or None with
+/// the reason logged.
+fn signalled_sync_file(card: &DrmDeviceFd) -> Option<SyncFile> {
+    let made = card
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(DrmDevice::from_fd)
+        .and_then(|device| Syncobj::create_signaled(&device))
+        .and_then(|syncobj| syncobj.export_sync_file(0));
+    match made {
+        Ok(fence) => Some(fence),
+        Err(err) => {
+            info!(%err, "drm: no signalled fence for direct scanout (the device has no \
+                syncobjs): the kernel may wait for a scanned-out buffer's implicit fences");
             None
         }
     }
