@@ -101,6 +101,7 @@ impl State {
             }
             Err(err) => error!("frame failed: {err:#}"),
         }
+        self.backend.send_dmabuf_feedback(&self.core);
         self.core.send_frame_callbacks(now);
         self.core.space.refresh();
         self.core.popups.cleanup();

@@ -187,6 +187,7 @@ pub fn run(
             buffer: index,
             size: win.size,
             latency,
+            scanout_offered: win.scanout_tranche().is_some(),
         })?;
         frame += 1;
     }

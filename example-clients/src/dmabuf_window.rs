@@ -10,7 +10,9 @@ use wayland_client::Proxy;
 
 use crate::allocator::{Allocator, PixelBuffer};
 use crate::drm_nodes::DeviceNodes;
-use crate::linux_dmabuf::{self, fourcc, LinuxDmabuf, MOD_INVALID, MOD_LINEAR, XRGB8888};
+use crate::linux_dmabuf::{
+    self, fourcc, LinuxDmabuf, SurfaceFeedback, MOD_INVALID, MOD_LINEAR, XRGB8888,
+};
 use crate::options::DmabufWindowArgs;
 use crate::{Client, WindowId};
 
@@ -30,6 +32,8 @@ pub struct Shown {
     pub size: (u32, u32),
     /// From the commit to the frame callback.
     pub latency: Duration,
+    /// Whether the surface's dma-buf feedback offered a scanout tranche by then (`--fullscreen`).
+    pub scanout_offered: bool,
 }
 
 impl std::fmt::Display for Shown {
@@ -38,7 +42,11 @@ impl std::fmt::Display for Shown {
             f,
             "frame {} shown: #{:06x} in buffer {}, {:?} after its commit",
             self.frame, self.color, self.buffer, self.latency
-        )
+        )?;
+        if self.scanout_offered {
+            write!(f, " (scanout tranche offered)")?;
+        }
+        Ok(())
     }
 }
 
@@ -69,6 +77,8 @@ pub struct DmabufWindow {
     pub size: (u32, u32),
     /// The modifier sent with every buffer.
     pub modifier: u64,
+    /// The surface's own dma-buf feedback, watched with `--fullscreen`.
+    pub surface_feedback: Option<SurfaceFeedback>,
 }
 
 impl DmabufWindow {
@@ -101,6 +111,11 @@ impl DmabufWindow {
         }
         let allocator = Allocator::open(args.allocator, device.as_ref(), size)?;
         let surface = client.state.windows[window.0].surface.clone();
+        let surface_feedback = if args.fullscreen {
+            SurfaceFeedback::watch(&client, &linux_dmabuf, &surface)
+        } else {
+            None
+        };
         Ok(DmabufWindow {
             client,
             window,
@@ -110,6 +125,7 @@ impl DmabufWindow {
             allocator,
             size,
             modifier,
+            surface_feedback,
         })
     }
 
@@ -150,6 +166,11 @@ impl DmabufWindow {
         window.commits += 1;
         self.client.flush()?;
         Ok(frames_before)
+    }
+
+    /// The scanout tranche of the surface's feedback, if the compositor offers one now.
+    pub fn scanout_tranche(&self) -> Option<crate::linux_dmabuf::Tranche> {
+        self.surface_feedback.as_ref()?.scanout_tranche()
     }
 
     /// Waits until a frame callback newer than `frames_before` fired (or the compositor asked

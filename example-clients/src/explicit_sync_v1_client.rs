@@ -267,6 +267,7 @@ pub fn run(
             buffer: index,
             size: win.size,
             latency: committed.elapsed(),
+            scanout_offered: win.scanout_tranche().is_some(),
         })?;
         frame += 1;
     }

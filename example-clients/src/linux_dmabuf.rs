@@ -53,9 +53,26 @@ pub struct DmabufInfo {
     pub feedback_done: bool,
     /// What went wrong reading the feedback (a format table that cannot be read), if anything.
     pub feedback_error: Option<String>,
-    // The feedback being assembled: the format table, and the tranche not yet done.
+    /// The tranches of the last complete feedback (its `done`), most preferred first.
+    pub tranches: Vec<Tranche>,
+    /// How many complete feedbacks arrived (a surface feedback is resent when it changes).
+    pub generations: u32,
+    // The feedback being assembled: the format table, the tranches done, the one not yet done.
     table: Vec<(u32, u64)>,
     tranche: Vec<(u32, u64)>,
+    tranches_done: Vec<Tranche>,
+    building: Tranche,
+}
+
+/// One tranche of a dma-buf feedback.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tranche {
+    /// The device the buffers would be used on (`dev_t`).
+    pub target_device: Option<u64>,
+    /// The `scanout` flag: buffers in these formats can go straight to the display.
+    pub scanout: bool,
+    /// Its (format, modifier) pairs.
+    pub formats: Vec<(u32, u64)>,
 }
 
 impl DmabufInfo {
@@ -115,6 +132,43 @@ impl LinuxDmabuf {
             bail!("linux-dmabuf's default feedback: {err}");
         }
         Ok(LinuxDmabuf { global, info })
+    }
+}
+
+/// A surface's own dma-buf feedback (`get_surface_feedback`), kept up to date as the
+/// compositor resends it.
+#[derive(Debug)]
+pub struct SurfaceFeedback {
+    proxy: ZwpLinuxDmabufFeedbackV1,
+    data: DmabufData,
+}
+
+impl SurfaceFeedback {
+    /// Starts listening to `surface`'s feedback (version 4+; None before).
+    pub fn watch(
+        client: &Client,
+        linux_dmabuf: &LinuxDmabuf,
+        surface: &wayland_client::protocol::wl_surface::WlSurface,
+    ) -> Option<SurfaceFeedback> {
+        if linux_dmabuf.global.version() < 4 {
+            return None;
+        }
+        let data = DmabufData::default();
+        let proxy = linux_dmabuf
+            .global
+            .get_surface_feedback(surface, client.qh(), data.clone());
+        Some(SurfaceFeedback { proxy, data })
+    }
+
+    /// The last complete feedback's tranche flagged `scanout`, if it had one.
+    pub fn scanout_tranche(&self) -> Option<Tranche> {
+        self.data.lock().tranches.iter().find(|t| t.scanout).cloned()
+    }
+}
+
+impl Drop for SurfaceFeedback {
+    fn drop(&mut self) {
+        self.proxy.destroy();
     }
 }
 
@@ -309,12 +363,23 @@ impl Dispatch<ZwpLinuxDmabufFeedbackV1, DmabufData> for ClientState {
                     }
                 }
             }
+            zwp_linux_dmabuf_feedback_v1::Event::TrancheTargetDevice { device } => {
+                info.building.target_device = dev_t_from_bytes(&device);
+            }
+            zwp_linux_dmabuf_feedback_v1::Event::TrancheFlags { flags } => {
+                info.building.scanout = flags.into_result().is_ok_and(|flags| {
+                    flags.contains(zwp_linux_dmabuf_feedback_v1::TrancheFlags::Scanout)
+                });
+            }
             zwp_linux_dmabuf_feedback_v1::Event::TrancheFormats { indices } => {
                 let table = info.table.clone();
                 for index in indices.chunks_exact(2) {
                     let index = u16::from_ne_bytes([index[0], index[1]]) as usize;
                     match table.get(index) {
-                        Some(&entry) => info.tranche.push(entry),
+                        Some(&entry) => {
+                            info.tranche.push(entry);
+                            info.building.formats.push(entry);
+                        }
                         None => {
                             info.feedback_error = Some(format!(
                                 "tranche_formats index {index} is past the {}-entry format table",
@@ -327,8 +392,14 @@ impl Dispatch<ZwpLinuxDmabufFeedbackV1, DmabufData> for ClientState {
             zwp_linux_dmabuf_feedback_v1::Event::TrancheDone => {
                 let tranche = std::mem::take(&mut info.tranche);
                 info.formats.extend(tranche);
+                let done = std::mem::take(&mut info.building);
+                info.tranches_done.push(done);
             }
-            zwp_linux_dmabuf_feedback_v1::Event::Done => info.feedback_done = true,
+            zwp_linux_dmabuf_feedback_v1::Event::Done => {
+                info.feedback_done = true;
+                info.tranches = std::mem::take(&mut info.tranches_done);
+                info.generations += 1;
+            }
             _ => {}
         }
     }

@@ -92,6 +92,14 @@ impl Backend {
         }
     }
 
+    /// Per-surface dma-buf feedback after a frame (DRM: scanout tranches for fullscreen
+    /// surfaces; elsewhere the default feedback is all there is).
+    pub fn send_dmabuf_feedback(&self, core: &Core) {
+        if let Backend::Drm(drm) = self {
+            drm.send_dmabuf_feedback(core);
+        }
+    }
+
     /// Ctrl+Alt+F<n>: switches the session to another VT (DRM only).
     pub fn change_vt(&mut self, vt: i32) {
         if let Backend::Drm(drm) = self {

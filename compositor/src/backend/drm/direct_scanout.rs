@@ -32,7 +32,7 @@ use smithay::backend::renderer::element::{
     Id, RenderElementPresentationState, RenderElementState, RenderElementStates,
 };
 use smithay::backend::renderer::utils::{with_renderer_surface_state, Buffer, CommitCounter};
-use smithay::desktop::PopupManager;
+use smithay::desktop::{PopupManager, Window};
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::utils::{Logical, Rectangle, Transform};
 use smithay::wayland::compositor::get_children;
@@ -67,6 +67,12 @@ impl Candidate {
     }
 }
 
+/// Whether `window` covers the output's `area` exactly: what makes it a candidate, and what
+/// earns it the scanout feedback.
+pub fn covers(core: &Core, window: &Window, area: Rectangle<i32, Logical>) -> bool {
+    core.space.element_bbox(window) == Some(area)
+}
+
 /// The topmost window's surface, if it can be scanned out on an output covering `area`.
 pub fn candidate(core: &Core, area: Rectangle<i32, Logical>) -> Option<Candidate> {
     let window = core
@@ -78,7 +84,7 @@ pub fn candidate(core: &Core, area: Rectangle<i32, Logical>) -> Option<Candidate
                 .is_some_and(|bbox| bbox.overlaps(area))
         })
         .last()?;
-    if core.space.element_bbox(window)? != area {
+    if !covers(core, window, area) {
         return None;
     }
     let surface = window.toplevel()?.wl_surface().clone();

@@ -22,6 +22,7 @@
 
 mod direct_scanout;
 mod kms_output;
+mod scanout_feedback;
 
 use std::ffi::CStr;
 use std::os::fd::AsFd;
@@ -61,6 +62,7 @@ use tracing::{error, info, warn};
 
 use self::direct_scanout::ClientFramebuffers;
 use self::kms_output::{KmsOutput, Scanned};
+use self::scanout_feedback::ScanoutFeedback;
 use super::guarded_gles::GuardedGles;
 use crate::render::{render_space, RenderedFrame};
 use crate::state::{Core, State};
@@ -78,6 +80,8 @@ pub struct Drm {
     /// which switches off the kernel's implicit-fence wait (see `direct_scanout`). None where the
     /// device has no syncobjs to make one.
     signalled: Option<SyncFile>,
+    /// Per-surface dma-buf feedback with the scanout tranche; None without a render node.
+    feedback: Option<ScanoutFeedback>,
     damage_tracker: OutputDamageTracker,
     fence_props: FenceProps,
     libinput: Libinput,
@@ -155,6 +159,19 @@ impl Drm {
             GbmAllocator::new(gbm.clone(), GbmBufferFlags::RENDERING | GbmBufferFlags::SCANOUT);
         let output = KmsOutput::first_connected(&card, allocator)
             .with_context(|| format!("setting up an output on {}", card_path.display()))?;
+        let render_formats = match &renderer {
+            ScanoutRenderer::Gles(renderer) => renderer.inner.dmabuf_formats(),
+            ScanoutRenderer::Pixman(renderer) => renderer.dmabuf_formats(),
+        };
+        let card_node = DrmNode::from_file(card.as_fd()).ok();
+        let feedback = match (card_node, render_node) {
+            (Some(card_node), Some(render_node)) => {
+                ScanoutFeedback::new(&card, card_node, render_node, output.plane, &render_formats)
+                    .inspect_err(|err| warn!("drm: no scanout feedback: {err:#}"))
+                    .ok()
+            }
+            _ => None,
+        };
         let (width, height) = output.mode.size();
         let damage_tracker = OutputDamageTracker::new(
             (i32::from(width), i32::from(height)),
@@ -190,6 +207,7 @@ impl Drm {
                 output,
                 client_framebuffers: ClientFramebuffers::default(),
                 signalled,
+                feedback,
                 damage_tracker,
                 fence_props: FenceProps::new(),
                 libinput,
@@ -413,6 +431,13 @@ impl Drm {
         if let Some(flip) = self.output.in_flight_mut() {
             flip.feedback = Some(feedback);
             flip.sequence = sequence;
+        }
+    }
+
+    /// Tells each surface which dma-bufs suit it now (see `scanout_feedback`).
+    pub fn send_dmabuf_feedback(&self, core: &Core) {
+        if let Some(feedback) = &self.feedback {
+            feedback.send(core);
         }
     }
 
