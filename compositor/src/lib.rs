@@ -11,6 +11,7 @@ pub mod config;
 mod frame_clock;
 mod handlers;
 mod input;
+mod output_hotplug;
 pub mod placement;
 pub mod render;
 pub mod screenshot;

@@ -177,7 +177,7 @@ fn build_state(
         Some((0, 0).into()),
     );
     output.set_preferred(mode);
-    let _global = output.create_global::<State>(&display_handle);
+    let output_global = Some(output.create_global::<State>(&display_handle));
 
     let clock = Clock::<Monotonic>::new();
     let mut seat_state = SeatState::new();
@@ -228,6 +228,7 @@ fn build_state(
         popups: PopupManager::default(),
         seat,
         output,
+        output_global,
         placement: Cascade::default(),
         suppressed_keys: Vec::new(),
         socket_name: String::new(),

@@ -11,7 +11,7 @@ use smithay::desktop::{PopupManager, Space, Window};
 use smithay::input::{Seat, SeatState};
 use smithay::output::Output;
 use smithay::reexports::calloop::{LoopHandle, LoopSignal};
-use smithay::reexports::wayland_server::backend::{ClientData, ClientId, DisconnectReason};
+use smithay::reexports::wayland_server::backend::{ClientData, ClientId, DisconnectReason, GlobalId};
 use smithay::reexports::wayland_server::DisplayHandle;
 
 use crate::client_log::ClientLog;
@@ -69,6 +69,8 @@ pub struct Core {
     pub popups: PopupManager,
     pub seat: Seat<State>,
     pub output: Output,
+    /// The output's `wl_output` global; None while the output is unplugged.
+    pub output_global: Option<GlobalId>,
     pub placement: Cascade,
     /// Keys whose press a compositor shortcut consumed; their release is consumed too.
     pub suppressed_keys: Vec<smithay::input::keyboard::Keycode>,

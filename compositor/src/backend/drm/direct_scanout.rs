@@ -78,12 +78,12 @@ pub fn candidate(core: &Core, area: Rectangle<i32, Logical>) -> Option<Candidate
     let window = core
         .space
         .elements()
-        .filter(|window| {
+        .rev()
+        .find(|window| {
             core.space
                 .element_bbox(window)
                 .is_some_and(|bbox| bbox.overlaps(area))
-        })
-        .last()?;
+        })?;
     if !covers(core, window, area) {
         return None;
     }

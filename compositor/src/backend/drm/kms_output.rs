@@ -102,6 +102,9 @@ pub struct KmsOutput {
     pub mode: Mode,
     props: Props,
     swapchain: Swapchain<GbmAllocator<DrmDeviceFd>>,
+    allocator: GbmAllocator<DrmDeviceFd>,
+    /// False while the connector is disconnected: nothing is committed.
+    enabled: bool,
     /// The next commit must set the mode (first frame, after a session resume).
     needs_modeset: bool,
     in_flight: Option<Flip>,
@@ -142,12 +145,7 @@ impl KmsOutput {
                 others.join(", ")
             );
         }
-        let mode = info
-            .modes()
-            .iter()
-            .find(|mode| mode.mode_type().contains(ModeTypeFlags::PREFERRED))
-            .copied()
-            .unwrap_or(info.modes()[0]);
+        let mode = preferred_mode(info.modes());
         let crtc = info
             .encoders()
             .iter()
@@ -158,14 +156,7 @@ impl KmsOutput {
         let plane = primary_plane(card, &resources, crtc)?;
         let props = Props::find(card, info.handle(), crtc, plane)?;
         let (width, height) = mode.size();
-        let swapchain = Swapchain::new(
-            allocator,
-            u32::from(width),
-            u32::from(height),
-            SCANOUT_FORMAT,
-            // No modifier list: GBM picks the layout the device can scan out.
-            vec![Modifier::Invalid],
-        );
+        let swapchain = new_swapchain(&allocator, mode);
         info!(
             connector = %name,
             mode = %format!("{}x{}@{}", width, height, mode.vrefresh()),
@@ -181,6 +172,8 @@ impl KmsOutput {
             mode,
             props,
             swapchain,
+            allocator,
+            enabled: true,
             needs_modeset: true,
             in_flight: None,
             on_screen: None,
@@ -188,9 +181,58 @@ impl KmsOutput {
         })
     }
 
-    /// True while a commit waits for its flip: no new frame may be queued.
-    pub fn is_flip_pending(&self) -> bool {
-        self.in_flight.is_some()
+    /// True while a commit waits for its flip, or the output is disabled: no new frame may be
+    /// queued.
+    pub fn is_busy(&self) -> bool {
+        self.in_flight.is_some() || !self.enabled
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The connector's preferred mode now, probing it (after a hotplug event); None when it is
+    /// disconnected.
+    pub fn probe(&self, card: &DrmDeviceFd) -> anyhow::Result<Option<Mode>> {
+        let info = card
+            .get_connector(self.connector, true)
+            .context("probing the connector")?;
+        if info.state() != connector::State::Connected || info.modes().is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(preferred_mode(info.modes())))
+    }
+
+    /// Turns the output off (its connector went away): CRTC inactive, plane and connector
+    /// detached, a blocking commit. Everything it showed is released.
+    pub fn disable(&mut self, card: &DrmDeviceFd, fence_props: &FenceProps) -> io::Result<()> {
+        self.enabled = false;
+        self.in_flight = None;
+        self.on_screen = None;
+        self.needs_modeset = true;
+        if let Some(off_screen) = self.off_screen.take() {
+            off_screen.resolve(None);
+        }
+        let props = self.props;
+        let mut commit = FencedCommit::new(card, fence_props);
+        commit.add_property(self.connector, props.connector_crtc_id, property::Value::CRTC(None))?;
+        commit.add_property(self.crtc, props.crtc_active, property::Value::Boolean(false))?;
+        commit.add_property(self.crtc, props.crtc_mode_id, property::Value::Blob(0))?;
+        commit.add_property(self.plane, props.plane_fb_id, property::Value::Framebuffer(None))?;
+        commit.add_property(self.plane, props.plane_crtc_id, property::Value::CRTC(None))?;
+        commit.commit(AtomicCommitFlags::ALLOW_MODESET, 0)
+    }
+
+    /// Turns the output on again with `mode` (the connector is back); the next frame sets it.
+    pub fn enable(&mut self, mode: Mode) {
+        if mode.size() != self.mode.size() {
+            self.swapchain = new_swapchain(&self.allocator, mode);
+        } else {
+            self.swapchain.reset_buffer_ages();
+        }
+        self.mode = mode;
+        self.enabled = true;
+        self.needs_modeset = true;
     }
 
     /// A free buffer to render the next frame into, its dma-buf for the renderer to bind, and
@@ -420,6 +462,30 @@ impl Props {
             ],
         })
     }
+}
+
+/// A connector's preferred mode, else its first.
+fn preferred_mode(modes: &[Mode]) -> Mode {
+    modes
+        .iter()
+        .find(|mode| mode.mode_type().contains(ModeTypeFlags::PREFERRED))
+        .copied()
+        .unwrap_or(modes[0])
+}
+
+fn new_swapchain(
+    allocator: &GbmAllocator<DrmDeviceFd>,
+    mode: Mode,
+) -> Swapchain<GbmAllocator<DrmDeviceFd>> {
+    let (width, height) = mode.size();
+    Swapchain::new(
+        allocator.clone(),
+        u32::from(width),
+        u32::from(height),
+        SCANOUT_FORMAT,
+        // No modifier list: GBM picks the layout the device can scan out.
+        vec![Modifier::Invalid],
+    )
 }
 
 /// Names and ids of the properties attached to `object`.

@@ -49,7 +49,7 @@ use smithay::backend::renderer::sync::SyncPoint;
 use smithay::backend::renderer::{Bind, ImportDma};
 use smithay::backend::session::libseat::{LibSeatSession, LibSeatSessionNotifier};
 use smithay::backend::session::{Event as SessionEvent, Session};
-use smithay::backend::udev;
+use smithay::backend::udev::{self, UdevBackend, UdevEvent};
 use smithay::desktop::utils::OutputPresentationFeedback;
 use smithay::reexports::calloop::generic::Generic;
 use smithay::reexports::calloop::{Interest, LoopHandle, Mode as FdMode, PostAction};
@@ -58,7 +58,7 @@ use smithay::reexports::rustix::fs::OFlags;
 use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
 use smithay::utils::{DeviceFd, Physical, Size, Transform};
 use smithay::wayland::presentation::Refresh;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::direct_scanout::ClientFramebuffers;
 use self::kms_output::{KmsOutput, Scanned};
@@ -89,6 +89,8 @@ pub struct Drm {
     active: bool,
     /// Whether the last frame was a client buffer scanned out directly (logged on change).
     direct: bool,
+    /// The card's `dev_t`, to pick its udev events out.
+    device_id: Option<libc::dev_t>,
 }
 
 enum ScanoutRenderer {
@@ -101,6 +103,7 @@ pub struct DrmSources {
     session: LibSeatSessionNotifier,
     input: LibinputInputBackend,
     card: DrmDeviceFd,
+    udev: Option<UdevBackend>,
 }
 
 impl Drm {
@@ -190,10 +193,14 @@ impl Drm {
             card_path.display(),
             render_node.map(|n| n.to_string()).unwrap_or_else(|| "none".into())
         );
+        let udev = UdevBackend::new(&seat)
+            .inspect_err(|err| warn!("udev: no hotplug events ({err}): outputs stay as found"))
+            .ok();
         let sources = DrmSources {
             session: notifier,
             input,
             card: card.clone(),
+            udev,
         };
         let active = session.is_active();
         Ok((
@@ -213,6 +220,7 @@ impl Drm {
                 libinput,
                 active,
                 direct: false,
+                device_id: card_node.map(|node| node.dev_id()),
             },
             sources,
         ))
@@ -238,6 +246,16 @@ impl Drm {
                 }
             })
             .map_err(|err| anyhow!("inserting the libinput source: {err}"))?;
+        if let Some(udev) = sources.udev {
+            loop_handle
+                .insert_source(udev, |event, _, state| {
+                    debug!(?event, "udev event");
+                    if let UdevEvent::Changed { device_id } = event {
+                        state.on_device_changed(device_id);
+                    }
+                })
+                .map_err(|err| anyhow!("inserting the udev source: {err}"))?;
+        }
         loop_handle
             .insert_source(
                 Generic::new(sources.card, Interest::READ, FdMode::Level),
@@ -320,7 +338,7 @@ impl Drm {
     /// yet (then the frame is skipped, and the damage stays for the next one): a client buffer
     /// scanned out directly where one covers the output, else a composited frame.
     pub fn render(&mut self, core: &Core, capture: bool) -> anyhow::Result<RenderedFrame> {
-        if !self.active || self.output.is_flip_pending() {
+        if !self.active || self.output.is_busy() {
             return Ok(RenderedFrame::skipped());
         }
         // A capture reads the renderer's target: composite that frame.
@@ -467,7 +485,62 @@ impl Drm {
     }
 }
 
+/// What a hotplug event did to the output.
+enum OutputChange {
+    Disconnected,
+    /// Connected (again, or with another mode): its mode size and refresh rate (mHz).
+    Connected(Size<i32, Physical>, i32),
+}
+
+impl Drm {
+    /// The GPU reported a change (udev): probes the output's connector and follows it.
+    fn rescan(&mut self) -> Option<OutputChange> {
+        let mode = match self.output.probe(&self.card) {
+            Ok(mode) => mode,
+            Err(err) => {
+                warn!("drm: {err:#}");
+                return None;
+            }
+        };
+        match (self.output.is_enabled(), mode) {
+            (true, None) => {
+                info!(output = %self.output.name, "drm: output disconnected");
+                if let Err(err) = self.output.disable(&self.card, &self.fence_props) {
+                    warn!(output = %self.output.name, "drm: turning the output off: {err}");
+                }
+                Some(OutputChange::Disconnected)
+            }
+            (enabled, Some(mode)) if !enabled || mode != self.output.mode => {
+                self.output.enable(mode);
+                let size = self.mode_size();
+                info!(output = %self.output.name, mode = ?(size.w, size.h, mode.vrefresh()),
+                    "drm: output connected");
+                self.damage_tracker = OutputDamageTracker::new(size, 1.0, Transform::Normal);
+                Some(OutputChange::Connected(size, self.refresh_mhz()))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl State {
+    /// udev says a DRM device changed (a connector came or went): ours is rescanned.
+    fn on_device_changed(&mut self, device_id: libc::dev_t) {
+        let crate::backend::Backend::Drm(drm) = &mut self.backend else {
+            return;
+        };
+        if drm.device_id != Some(device_id) {
+            return;
+        }
+        match drm.rescan() {
+            Some(OutputChange::Disconnected) => self.core.output_disconnected(),
+            Some(OutputChange::Connected(size, refresh_mhz)) => {
+                self.core.output_connected(size, refresh_mhz)
+            }
+            None => {}
+        }
+    }
+
     /// A commit of ours reached the screen.
     fn on_flip(&mut self, event: FlipEvent) {
         let crate::backend::Backend::Drm(drm) = &mut self.backend else {
