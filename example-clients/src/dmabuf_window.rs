@@ -146,12 +146,14 @@ impl DmabufWindow {
         Ok((pixels, buffer))
     }
 
-    /// Attaches `buffer`, damages all of it, asks for a frame callback and commits (whatever
-    /// sync state the caller set before is part of this commit). Returns the frame-callback
-    /// count to pass to [`wait_frame`](Self::wait_frame).
+    /// Attaches `buffer`, damages all of it, asks for a frame callback and a presentation
+    /// feedback (if `wp_presentation` is bound) and commits (whatever sync state the caller set
+    /// before is part of this commit). Returns the frame-callback count to pass to
+    /// [`wait_frame`](Self::wait_frame).
     pub fn commit(&mut self, buffer: &WlBuffer) -> anyhow::Result<u32> {
         let (w, h) = (self.size.0 as i32, self.size.1 as i32);
         let qh = self.client.qh().clone();
+        let presentation = self.client.state.presentation.clone();
         let window = &mut self.client.state.windows[self.window.0];
         let frames_before = window.frames_done;
         let surface = &window.surface;
@@ -162,6 +164,9 @@ impl DmabufWindow {
             surface.damage(0, 0, w, h);
         }
         surface.frame(&qh, self.window);
+        if let Some(presentation) = &presentation {
+            presentation.feedback(surface, &qh, self.window);
+        }
         surface.commit();
         window.commits += 1;
         self.client.flush()?;

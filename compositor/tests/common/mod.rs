@@ -1,10 +1,14 @@
 //! Shared by the integration tests: finding binaries, reading screenshots, pixel checks; for the
-//! kernel tests also devices, vgem dma-bufs and fences, syncobj timelines, protocol errors.
+//! kernel tests also devices, vgem dma-bufs and fences, syncobj timelines, protocol errors, a DRM
+//! session under seatd-launch, KMS readback and leak probes.
 
 #![allow(dead_code)]
 
 pub mod check_report;
 pub mod dmabuf;
+pub mod drm_session;
+pub mod kms_readback;
+pub mod leak_probe;
 pub mod protocol_errors;
 pub mod syncobj;
 pub mod test_server;

@@ -1,0 +1,472 @@
+//! `fencegate --backend drm` on a real DRM session: seatd, udev, virtio-gpu's atomic KMS and
+//! Mesa's software renderer, in the guest of `cargo xtask vm-test`. fencegate runs as its own
+//! process under `seatd-launch` (`common::drm_session`); the test is its Wayland client and
+//! reads back what the display shows from a second, non-master fd (`common::kms_readback`).
+//!
+//! * a client's window is on screen: the framebuffer KMS scans out has its pixels;
+//! * a fullscreen dma-buf is scanned out directly: the primary plane shows the client's own
+//!   buffer (zero-copy in presentation feedback), its previous buffer's release point signals
+//!   with the timestamp of the flip that replaced it (the next commit's OUT_FENCE_PTR fence
+//!   imported into the point, not a CPU signal), and the surface's dma-buf feedback offers a
+//!   scanout tranche on the card;
+//! * a surface held on a never-signalled acquire point leaves another client's frames at the
+//!   rate they have alone;
+//! * a client leaving with an acquire point pending leaves no fd, framebuffer or dma-buf behind
+//!   in fencegate;
+//! * the connector unplugged and plugged back turns the CRTC off and on again.
+//!
+//! On a machine without the guest each test prints SKIP and passes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::drm_session::{DrmSession, SeatedChild, SeatedCommand};
+use common::kms_readback::{read_atomic_state, read_framebuffers, read_scanouts_at, Scanout};
+use common::leak_probe::{dma_buf_count, open_fds};
+use common::{find_drm_node, fencegate_bin, require_device};
+use std::os::unix::fs::MetadataExt;
+
+use fence_bridge::FenceStatus;
+use fencegate_clients::dmabuf_window::{DmabufWindow, FrameWait};
+use fencegate_clients::linux_dmabuf::XRGB8888;
+use fencegate_clients::options::{AllocatorChoice, DmabufWindowArgs};
+use fencegate_clients::paint::solid;
+use fencegate_clients::syncobj_timeline::{
+    bind_manager, import_timeline, open_timeline_device, set_points, wait_signalled,
+};
+use fencegate_clients::IgnoreEvents;
+
+/// TCG is slow: how long anything that should happen "now" may take.
+const GENEROUS: Duration = Duration::from_secs(30);
+/// `wp_presentation_feedback.kind.zero_copy`.
+const ZERO_COPY: u32 = 0x8;
+
+/// virtio-gpu's card node: atomic KMS with fences, timelines, GBM through kms_swrast.
+fn virtio_gpu_card() -> Option<PathBuf> {
+    require_device("virtio-gpu card node", || {
+        find_drm_node("card", "virtio_gpu").and_then(|d| d.path().map(Path::to_path_buf))
+    })
+}
+
+/// fencegate on `card`, its socket ready.
+struct Fencegate {
+    child: SeatedChild,
+    socket: PathBuf,
+}
+
+impl Fencegate {
+    fn start(session: &DrmSession, card: &Path, tag: &str) -> Fencegate {
+        let socket = session.runtime_dir.join(format!("fencegate-{tag}"));
+        let _ = std::fs::remove_file(&socket);
+        let child = SeatedCommand::new(&format!("fencegate-{tag}"), fencegate_bin())
+            .args(["--backend", "drm", "--drm-device"])
+            .arg(card)
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "info,smithay=warn")
+            .spawn(session);
+        let mut fencegate = Fencegate { child, socket };
+        let deadline = Instant::now() + GENEROUS * 2;
+        while !fencegate.stdout().contains("listening on") {
+            if let Some(status) = fencegate.child.try_wait() {
+                panic!("fencegate exited ({status}):\n{}", fencegate.child.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fencegate did not start:\n{}",
+                fencegate.child.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        fencegate
+    }
+
+    fn stdout(&self) -> String {
+        self.child.stdout()
+    }
+
+    fn log(&self) -> String {
+        self.child.output()
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.command_pid().expect("fencegate runs")
+    }
+
+    fn window_args(&self, card: &Path, size: (u32, u32), fullscreen: bool) -> DmabufWindowArgs {
+        DmabufWindowArgs {
+            display: Some(self.socket.to_string_lossy().into_owned()),
+            size,
+            color: None,
+            frames: None,
+            buffers: 2,
+            // GBM cannot allocate on virtio-gpu's render node under kms_swrast: the card node.
+            device: Some(card.to_path_buf()),
+            allocator: AllocatorChoice::Auto,
+            title: None,
+            fullscreen,
+        }
+    }
+
+    /// SIGTERM, and the clean exit it must make.
+    fn stop(mut self) {
+        let status = self.child.terminate(GENEROUS);
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(0),
+            "fencegate's exit:\n{}",
+            self.child.output()
+        );
+    }
+}
+
+/// The one active CRTC's scanout of `card`.
+fn scanout(card: &Path) -> Scanout {
+    let mut scanouts = read_scanouts_at(card).expect("reading the scanout back");
+    assert_eq!(scanouts.len(), 1, "one active CRTC: {scanouts:?}");
+    scanouts.remove(0)
+}
+
+/// Polls `f` until it holds, for `GENEROUS`.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + GENEROUS;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Commits `buffer` (already drawn) and waits until it is presented; returns the presentation
+/// (its time in ns, CLOCK_MONOTONIC, and its flags).
+fn commit_and_wait_presented(
+    win: &mut DmabufWindow,
+    buffer: &wayland_client::protocol::wl_buffer::WlBuffer,
+) -> (u64, u32) {
+    let presented_before = win.client.state.windows[win.window.0].presented.len();
+    let frames_before = win.commit(buffer).expect("commit");
+    assert_eq!(
+        win.wait_frame(frames_before, GENEROUS).expect("frame"),
+        FrameWait::Shown
+    );
+    let w = win.window.0;
+    win.client
+        .dispatch_until(GENEROUS, "the presentation feedback", |s| {
+            s.windows[w].presented.len() > presented_before
+        })
+        .expect("presented");
+    let p = &win.client.state.windows[w].presented[presented_before];
+    (p.tv_sec * 1_000_000_000 + u64::from(p.tv_nsec), p.flags)
+}
+
+#[test]
+fn a_client_window_is_on_the_screen() {
+    let Some(session) = DrmSession::setup() else {
+        return;
+    };
+    let Some(card) = virtio_gpu_card() else {
+        return;
+    };
+    let fencegate = Fencegate::start(session, &card, "window");
+    let log = fencegate.log();
+    assert!(log.contains("backend Drm"), "{log}");
+    assert!(
+        log.contains("a supported configuration"),
+        "the software renderer on a KMS device is said to be supported:\n{log}"
+    );
+
+    let size = (96, 64);
+    let mut win = DmabufWindow::open(&fencegate.window_args(&card, size, false), "drm-window")
+        .expect("window");
+    let (mut pixels, buffer) = win.new_buffer().expect("buffer");
+    let color = 0x3366cc;
+    pixels.write(&solid(size.0, size.1, color)).expect("draw");
+    let (_, flags) = commit_and_wait_presented(&mut win, &buffer);
+    assert_eq!(flags & ZERO_COPY, 0, "a window is composited");
+
+    let shown = scanout(&card);
+    let image = shown.image.expect("the primary plane has a framebuffer");
+    let count = image.pixels.iter().filter(|&&p| p & 0xff_ffff == color).count();
+    assert_eq!(
+        count,
+        (size.0 * size.1) as usize,
+        "the window's pixels on screen ({}x{} {})",
+        image.width,
+        image.height,
+        image.format_name()
+    );
+    let background = image.rgb(image.width - 1, image.height - 1);
+    assert_ne!(background, color, "the rest is the background");
+    drop(win);
+    fencegate.stop();
+}
+
+#[test]
+fn a_fullscreen_dmabuf_is_scanned_out_and_released_by_the_next_flip() {
+    let Some(session) = DrmSession::setup() else {
+        return;
+    };
+    let Some(card) = virtio_gpu_card() else {
+        return;
+    };
+    let fencegate = Fencegate::start(session, &card, "scanout");
+    let mut win = DmabufWindow::open(&fencegate.window_args(&card, (64, 64), true), "drm-fs")
+        .expect("fullscreen window");
+    let mode = {
+        let s = scanout(&card);
+        let image = s.image.expect("a frame before the client's");
+        (image.width, image.height)
+    };
+    assert_eq!(win.size, mode, "the fullscreen configure has the mode's size");
+
+    let manager = bind_manager(&win.client).expect("linux-drm-syncobj-v1");
+    let (device, _) = open_timeline_device(Some(&card), win.device.as_ref()).expect("timelines");
+    let sync = manager.get_surface(&win.surface, win.client.qh(), IgnoreEvents);
+    let mut buffers = Vec::new();
+    for _ in 0..2 {
+        let (pixels, buffer) = win.new_buffer().expect("buffer");
+        let timeline = import_timeline(&win.client, &manager, &device).expect("timeline");
+        buffers.push((pixels, buffer, timeline));
+    }
+    win.client.roundtrip().expect("imports accepted");
+
+    // Each buffer once: acquire point 1 signalled before the commit, release point 2.
+    let colors = [0xff0000, 0x00ff00];
+    let mut presented = Vec::new();
+    for (i, (pixels, buffer, timeline)) in buffers.iter_mut().enumerate() {
+        pixels
+            .write(&solid(win.size.0, win.size.1, colors[i]))
+            .expect("draw");
+        set_points(&sync, Some((&timeline.object, 1)), Some((&timeline.object, 2)));
+        timeline.syncobj.signal_point(1).expect("acquire signalled");
+        presented.push(commit_and_wait_presented(&mut win, buffer));
+        // The display shows the client's buffer itself.
+        let shown = scanout(&card);
+        let image = shown.image.expect("a framebuffer");
+        assert!(
+            image.pixels.iter().all(|&p| p & 0xff_ffff == colors[i]),
+            "frame {i} on screen is the client's colour {:06x}",
+            colors[i]
+        );
+        // Several frames may flip before the client's first buffer reaches the plane; after
+        // that each presentation of a client buffer is zero-copy.
+        assert_ne!(presented[i].1 & ZERO_COPY, 0, "frame {i} presented zero-copy");
+    }
+    let log = fencegate.log();
+    assert!(log.contains("drm: direct scanout"), "{log}");
+
+    // The first buffer's release point: signalled by the kernel when the second buffer's
+    // flip happened, with that flip's timestamp, not by the CPU afterwards.
+    let first = &buffers[0].2.syncobj;
+    wait_signalled(first, 2, GENEROUS).expect("the first buffer released");
+    let release = first.export_sync_file(2).expect("release point as a sync_file");
+    let info = release.info().expect("SYNC_IOC_FILE_INFO");
+    assert_eq!(info.status, FenceStatus::Signaled, "{info:?}");
+    let released_at = info.fences[0]
+        .timestamp
+        .expect("a signalled fence has a timestamp")
+        .as_nanos() as u64;
+    let second_shown_at = presented[1].0;
+    let gap = released_at.abs_diff(second_shown_at);
+    assert!(
+        gap < 1_000,
+        "released at {released_at} ns, the next frame flipped at {second_shown_at} ns: the \
+         release is the flip's out-fence ({info:?})"
+    );
+    // The second buffer is on screen: its release point has not signalled.
+    assert_eq!(
+        buffers[1].2.syncobj.query().expect("query"),
+        1,
+        "the buffer on screen is not released"
+    );
+
+    let tranche = win
+        .scanout_tranche()
+        .expect("the fullscreen surface's feedback has a scanout tranche");
+    let card_dev = std::fs::metadata(&card).expect("card").rdev();
+    assert_eq!(tranche.target_device, Some(card_dev), "{tranche:?}");
+    assert!(
+        tranche.formats.iter().any(|&(f, _)| f == XRGB8888),
+        "{tranche:?}"
+    );
+    drop(sync);
+    drop(win);
+    fencegate.stop();
+}
+
+#[test]
+fn a_stuck_surface_leaves_another_clients_frames_at_full_rate() {
+    let Some(session) = DrmSession::setup() else {
+        return;
+    };
+    let Some(card) = virtio_gpu_card() else {
+        return;
+    };
+    let fencegate = Fencegate::start(session, &card, "stuck");
+    let frames_in = |win: &mut DmabufWindow, buffer, period: Duration| {
+        let started = Instant::now();
+        let mut times = Vec::new();
+        while started.elapsed() < period {
+            times.push(commit_and_wait_presented(win, buffer).0);
+        }
+        assert!(
+            times.windows(2).all(|t| t[0] < t[1]),
+            "presentation times increase: {times:?}"
+        );
+        times.len()
+    };
+    let mut bystander = DmabufWindow::open(&fencegate.window_args(&card, (48, 48), false), "by")
+        .expect("bystander");
+    let (mut pixels, buffer) = bystander.new_buffer().expect("buffer");
+    pixels.write(&solid(48, 48, 0x00ff00)).expect("draw");
+    let period = Duration::from_secs(3);
+    // The first frames pay for Mesa's start-up and the first modeset: not counted.
+    frames_in(&mut bystander, &buffer, Duration::from_secs(2));
+    let alone = frames_in(&mut bystander, &buffer, period);
+
+    // A second client commits with an acquire point that never signals.
+    let mut stuck = DmabufWindow::open(&fencegate.window_args(&card, (48, 48), false), "stuck")
+        .expect("stuck window");
+    let manager = bind_manager(&stuck.client).expect("syncobj");
+    let (device, _) =
+        open_timeline_device(Some(&card), stuck.device.as_ref()).expect("timelines");
+    let sync = manager.get_surface(&stuck.surface, stuck.client.qh(), IgnoreEvents);
+    let (mut stuck_pixels, stuck_buffer) = stuck.new_buffer().expect("buffer");
+    stuck_pixels.write(&solid(48, 48, 0xff0000)).expect("draw");
+    let timeline = import_timeline(&stuck.client, &manager, &device).expect("timeline");
+    set_points(&sync, Some((&timeline.object, 1)), Some((&timeline.object, 2)));
+    stuck.commit(&stuck_buffer).expect("commit");
+    stuck.client.roundtrip().expect("roundtrip");
+
+    let beside = frames_in(&mut bystander, &buffer, period);
+    eprintln!("bystander frames in {period:?}: {alone} alone, {beside} beside a stuck surface");
+    assert!(
+        beside * 100 >= alone * 85,
+        "{beside} frames beside a stuck surface, {alone} alone"
+    );
+    // The stuck buffer never reached the screen.
+    let image = scanout(&card).image.expect("framebuffer");
+    assert!(
+        !image.pixels.iter().any(|&p| p & 0xff_ffff == 0xff0000),
+        "a buffer whose acquire point never signalled is not shown"
+    );
+    drop((sync, stuck, bystander));
+    fencegate.stop();
+}
+
+#[test]
+fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
+    let Some(session) = DrmSession::setup() else {
+        return;
+    };
+    let Some(card) = virtio_gpu_card() else {
+        return;
+    };
+    let fencegate = Fencegate::start(session, &card, "leak");
+    let pid = fencegate.pid();
+    // A first client and its goodbye settle whatever fencegate opens once (EGL, caches).
+    let one_client = |color: u32, leave_pending: bool| {
+        let mut win = DmabufWindow::open(&fencegate.window_args(&card, (32, 32), true), "leak")
+            .expect("window");
+        let manager = bind_manager(&win.client).expect("syncobj");
+        let (device, _) = open_timeline_device(Some(&card), win.device.as_ref()).expect("tl");
+        let sync = manager.get_surface(&win.surface, win.client.qh(), IgnoreEvents);
+        let timeline = import_timeline(&win.client, &manager, &device).expect("timeline");
+        let (mut pixels, buffer) = win.new_buffer().expect("buffer");
+        pixels.write(&solid(win.size.0, win.size.1, color)).expect("draw");
+        set_points(&sync, Some((&timeline.object, 1)), Some((&timeline.object, 2)));
+        timeline.syncobj.signal_point(1).expect("signal");
+        commit_and_wait_presented(&mut win, &buffer);
+        if leave_pending {
+            // The next commit waits on a point that never signals; then the client is gone.
+            let (mut pixels, buffer) = win.new_buffer().expect("buffer");
+            pixels.write(&solid(win.size.0, win.size.1, !color)).expect("draw");
+            let pending = import_timeline(&win.client, &manager, &device).expect("timeline");
+            set_points(&sync, Some((&pending.object, 1)), Some((&pending.object, 2)));
+            win.commit(&buffer).expect("commit");
+            win.client.roundtrip().expect("roundtrip");
+        }
+        drop(win); // the connection closes without destroying anything
+    };
+    let count = || {
+        (
+            open_fds(pid).expect("fencegate's fds").len(),
+            read_framebuffers(&card).expect("debugfs framebuffers").len(),
+            dma_buf_count().expect("dma-bufs"),
+        )
+    };
+    one_client(0x112233, false);
+    // Back to compositing (no window): a frame of fencegate's own.
+    eventually("the screen back to fencegate's frame", || {
+        scanout(&card)
+            .image
+            .is_some_and(|image| image.rgb(0, 0) != 0x112233)
+    });
+    let before = count();
+    for i in 0..3 {
+        one_client(0x400000 * (i + 1), true);
+    }
+    eventually("fencegate back to its own frame", || {
+        scanout(&card)
+            .image
+            .is_some_and(|image| image.rgb(0, 0) & 0xff0000 == image.rgb(1, 1) & 0xff0000)
+    });
+    // Releases and closes may trail the disconnect by a frame or two.
+    let deadline = Instant::now() + GENEROUS;
+    while count() != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("fencegate's (fds, framebuffers, dma-bufs): {before:?} before, {:?} after", count());
+    assert_eq!(count(), before, "(fds, framebuffers, dma-bufs) as before");
+    fencegate.stop();
+}
+
+#[test]
+fn an_unplugged_output_is_turned_off_and_back_on() {
+    let Some(session) = DrmSession::setup() else {
+        return;
+    };
+    let Some(card) = virtio_gpu_card() else {
+        return;
+    };
+    let fencegate = Fencegate::start(session, &card, "hotplug");
+    let status = Path::new("/sys/class/drm/card0-Virtual-1/status");
+    assert!(status.exists(), "virtio-gpu's connector in sysfs");
+    let crtc_active = || {
+        read_atomic_state(&card)
+            .expect("debugfs state")
+            .crtcs
+            .iter()
+            .any(|c| c.active)
+    };
+    assert!(crtc_active());
+    // Forcing the connector's status changes what a probe sees; the kernel sends no uevent for
+    // a forced status, so the change event a real unplug sends is synthesised with udevadm.
+    let hotplug = |state: &str| {
+        std::fs::write(status, state).expect("forcing the connector");
+        let ok = std::process::Command::new("udevadm")
+            .args(["trigger", "--action=change", "/sys/class/drm/card0"])
+            .status()
+            .expect("udevadm")
+            .success();
+        assert!(ok);
+    };
+    hotplug("off");
+    eventually("the CRTC off", || !crtc_active());
+    eventually("the log to say so", || {
+        fencegate.log().contains("drm: output disconnected")
+    });
+    hotplug("on");
+    eventually("the CRTC on again", crtc_active);
+    std::fs::write(status, "detect").expect("unforcing the connector");
+    assert!(fencegate.log().contains("drm: output connected"));
+    // A client still gets its frames on the output that came back.
+    let mut win = DmabufWindow::open(&fencegate.window_args(&card, (32, 32), false), "after")
+        .expect("window");
+    let (mut pixels, buffer) = win.new_buffer().expect("buffer");
+    pixels.write(&solid(32, 32, 0x00ffff)).expect("draw");
+    commit_and_wait_presented(&mut win, &buffer);
+    drop(win);
+    fencegate.stop();
+}
