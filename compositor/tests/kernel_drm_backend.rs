@@ -13,7 +13,9 @@
 //!   rate they have alone;
 //! * a client leaving with an acquire point pending leaves no fd, framebuffer or dma-buf behind
 //!   in fencegate;
-//! * the connector unplugged and plugged back turns the CRTC off and on again.
+//! * the connector unplugged and plugged back turns the CRTC off and on again;
+//! * a VT switch pauses the session and switching back resumes it: the surface shows new
+//!   content again, and no fd or framebuffer is left over.
 //!
 //! On a machine without the guest each test prints SKIP and passes.
 
@@ -467,6 +469,67 @@ fn an_unplugged_output_is_turned_off_and_back_on() {
     let (mut pixels, buffer) = win.new_buffer().expect("buffer");
     pixels.write(&solid(32, 32, 0x00ffff)).expect("draw");
     commit_and_wait_presented(&mut win, &buffer);
+    drop(win);
+    fencegate.stop();
+}
+
+#[test]
+fn a_vt_switch_pauses_and_resumes_the_session() {
+    let Some(session) = DrmSession::setup() else {
+        return;
+    };
+    let Some(card) = virtio_gpu_card() else {
+        return;
+    };
+    let active_vt = || std::fs::read_to_string("/sys/class/tty/tty0/active").unwrap_or_default();
+    assert_eq!(active_vt().trim(), "tty1", "the seat's VT is the active one");
+    let chvt = |vt: &str| {
+        let ok = std::process::Command::new("busybox")
+            .args(["chvt", vt])
+            .status()
+            .expect("busybox chvt")
+            .success();
+        assert!(ok, "chvt {vt}");
+    };
+    let fencegate = Fencegate::start(session, &card, "vt");
+    let pid = fencegate.pid();
+    let size = (40, 40);
+    let mut win = DmabufWindow::open(&fencegate.window_args(&card, size, false), "vt")
+        .expect("window");
+    let (mut pixels, buffer) = win.new_buffer().expect("buffer");
+    pixels.write(&solid(size.0, size.1, 0xffff00)).expect("draw");
+    commit_and_wait_presented(&mut win, &buffer);
+    let count = || {
+        (
+            open_fds(pid).expect("fencegate's fds").len(),
+            read_framebuffers(&card).expect("debugfs framebuffers").len(),
+        )
+    };
+    let before = count();
+
+    chvt("2");
+    eventually("the session paused", || {
+        fencegate.log().contains("drm: session paused")
+    });
+    chvt("1");
+    eventually("the session resumed", || {
+        fencegate.log().contains("drm: session resumed")
+    });
+    // The same surface and buffer, new content: shown after the resume.
+    pixels.write(&solid(size.0, size.1, 0xff00ff)).expect("draw");
+    commit_and_wait_presented(&mut win, &buffer);
+    eventually("the new content on screen", || {
+        scanout(&card).image.is_some_and(|image| {
+            image.pixels.iter().filter(|&&p| p & 0xff_ffff == 0xff00ff).count()
+                == (size.0 * size.1) as usize
+        })
+    });
+    let deadline = Instant::now() + GENEROUS;
+    while count() != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("fencegate's (fds, framebuffers): {before:?} before the VT switch, {:?} after", count());
+    assert_eq!(count(), before, "(fds, framebuffers) as before the VT switch");
     drop(win);
     fencegate.stop();
 }

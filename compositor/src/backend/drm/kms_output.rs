@@ -282,7 +282,13 @@ impl KmsOutput {
         if self.needs_modeset {
             flags |= AtomicCommitFlags::ALLOW_MODESET;
         }
-        self.commit(card, fence_props, framebuffer, in_fence, Some(&mut out_fence), flags)?;
+        if let Err(err) = self.commit(card, fence_props, framebuffer, in_fence, Some(&mut out_fence), flags) {
+            if is_not_master(&err) {
+                // Master comes back with whatever another session left on the display.
+                self.needs_modeset = true;
+            }
+            return Err(err);
+        }
         self.needs_modeset = false;
         if let Scanned::Composited(slot) = &frame {
             self.swapchain.submitted(slot);
@@ -462,6 +468,12 @@ impl Props {
             ],
         })
     }
+}
+
+/// The kernel refused a commit because this file is not DRM master (another session has the
+/// display).
+pub fn is_not_master(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM))
 }
 
 /// A connector's preferred mode, else its first.

@@ -61,7 +61,7 @@ use smithay::wayland::presentation::Refresh;
 use tracing::{debug, error, info, warn};
 
 use self::direct_scanout::ClientFramebuffers;
-use self::kms_output::{KmsOutput, Scanned};
+use self::kms_output::{is_not_master, KmsOutput, Scanned};
 use self::scanout_feedback::ScanoutFeedback;
 use super::guarded_gles::GuardedGles;
 use crate::render::{render_space, RenderedFrame};
@@ -89,6 +89,8 @@ pub struct Drm {
     active: bool,
     /// Whether the last frame was a client buffer scanned out directly (logged on change).
     direct: bool,
+    /// Set while commits fail for want of DRM master (logged once).
+    not_master: bool,
     /// The card's `dev_t`, to pick its udev events out.
     device_id: Option<libc::dev_t>,
 }
@@ -220,6 +222,7 @@ impl Drm {
                 libinput,
                 active,
                 direct: false,
+                not_master: false,
                 device_id: card_node.map(|node| node.dev_id()),
             },
             sources,
@@ -381,9 +384,16 @@ impl Drm {
             surface: candidate.surface,
             commit: candidate.commit,
         };
-        self.output
-            .queue(&self.card, &self.fence_props, scanned, in_fence, off_screen.clone())
-            .with_context(|| format!("atomic commit on {}", self.output.name))?;
+        let queued = self.output.queue(
+            &self.card,
+            &self.fence_props,
+            scanned,
+            in_fence,
+            off_screen.clone(),
+        );
+        if !self.committed(queued)? {
+            return Ok(Some(RenderedFrame::skipped()));
+        }
         if !self.direct {
             info!(output = %self.output.name, "drm: direct scanout of a client buffer");
             self.direct = true;
@@ -432,16 +442,41 @@ impl Drm {
             self.direct = false;
         }
         let render_fence = scanout_fence(&frame);
-        self.output
-            .queue(
-                &self.card,
-                &self.fence_props,
-                Scanned::Composited(slot),
-                render_fence.as_ref(),
-                ScanoutFence::new(),
-            )
-            .with_context(|| format!("atomic commit on {}", self.output.name))?;
+        let queued = self.output.queue(
+            &self.card,
+            &self.fence_props,
+            Scanned::Composited(slot),
+            render_fence.as_ref(),
+            ScanoutFence::new(),
+        );
+        if !self.committed(queued)? {
+            // Not shown: the next frame is drawn whole once the display is ours again.
+            let size = self.mode_size();
+            self.damage_tracker = OutputDamageTracker::new(size, 1.0, Transform::Normal);
+        }
         Ok(frame)
+    }
+
+    /// Whether a frame was committed: a refusal for want of DRM master (the session manager
+    /// gave the display to another session without pausing ours first) is said once and
+    /// retried with each frame; any other failure is an error.
+    fn committed(&mut self, queued: std::io::Result<()>) -> anyhow::Result<bool> {
+        match queued {
+            Ok(()) => {
+                if std::mem::take(&mut self.not_master) {
+                    info!(output = %self.output.name, "drm: DRM master is back: showing frames again");
+                }
+                Ok(true)
+            }
+            Err(err) if is_not_master(&err) => {
+                if !std::mem::replace(&mut self.not_master, true) {
+                    warn!(output = %self.output.name, %err, "drm: the display refuses our \
+                        commits (another session holds DRM master); retrying with each frame");
+                }
+                Ok(false)
+            }
+            Err(err) => Err(anyhow!(err).context(format!("atomic commit on {}", self.output.name))),
+        }
     }
 
     /// Presentation feedback of the frame just committed, answered when it flips.
