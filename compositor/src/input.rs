@@ -17,20 +17,7 @@ impl State {
             InputEvent::PointerMotionAbsolute { event } => {
                 let area = self.core.output_area();
                 let location = event.position_transformed(area.size) + area.loc.to_f64();
-                let under = self.core.surface_under(location);
-                if let Some(pointer) = self.core.seat.get_pointer() {
-                    let serial = SERIAL_COUNTER.next_serial();
-                    pointer.motion(
-                        self,
-                        under,
-                        &MotionEvent {
-                            location,
-                            serial,
-                            time: event.time_msec(),
-                        },
-                    );
-                    pointer.frame(self);
-                }
+                self.pointer_to(location, event.time_msec());
             }
             InputEvent::PointerMotion { event } => {
                 // A mouse on the DRM backend: move by the delta, kept on the output.
@@ -41,18 +28,7 @@ impl State {
                 let mut location = pointer.current_location() + event.delta();
                 location.x = location.x.clamp(area.loc.x, area.loc.x + area.size.w - 1.0);
                 location.y = location.y.clamp(area.loc.y, area.loc.y + area.size.h - 1.0);
-                let under = self.core.surface_under(location);
-                let serial = SERIAL_COUNTER.next_serial();
-                pointer.motion(
-                    self,
-                    under,
-                    &MotionEvent {
-                        location,
-                        serial,
-                        time: event.time_msec(),
-                    },
-                );
-                pointer.frame(self);
+                self.pointer_to(location, event.time_msec());
             }
             InputEvent::PointerButton { event } => {
                 let Some(pointer) = self.core.seat.get_pointer() else {
@@ -109,6 +85,25 @@ impl State {
             }
             _ => {}
         }
+    }
+
+    /// Moves the pointer to `location` (space coordinates), focusing the surface under it.
+    fn pointer_to(&mut self, location: smithay::utils::Point<f64, smithay::utils::Logical>, time: u32) {
+        let Some(pointer) = self.core.seat.get_pointer() else {
+            return;
+        };
+        let under = self.core.surface_under(location);
+        let serial = SERIAL_COUNTER.next_serial();
+        pointer.motion(
+            self,
+            under,
+            &MotionEvent {
+                location,
+                serial,
+                time,
+            },
+        );
+        pointer.frame(self);
     }
 
     fn on_key<B: InputBackend>(&mut self, event: B::KeyboardKeyEvent) {

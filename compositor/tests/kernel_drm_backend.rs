@@ -21,6 +21,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -28,9 +29,8 @@ use common::drm_session::{DrmSession, SeatedChild, SeatedCommand};
 use common::kms_readback::{read_atomic_state, read_framebuffers, read_scanouts_at, Scanout};
 use common::leak_probe::{dma_buf_count, open_fds};
 use common::{find_drm_node, fencegate_bin, require_device};
-use std::os::unix::fs::MetadataExt;
 
-use fence_bridge::FenceStatus;
+use fence_bridge::{DrmDevice, FenceStatus};
 use fencegate_clients::dmabuf_window::{DmabufWindow, FrameWait};
 use fencegate_clients::linux_dmabuf::XRGB8888;
 use fencegate_clients::options::{AllocatorChoice, DmabufWindowArgs};
@@ -39,6 +39,10 @@ use fencegate_clients::syncobj_timeline::{
     bind_manager, import_timeline, open_timeline_device, set_points, wait_signalled,
 };
 use fencegate_clients::IgnoreEvents;
+use wayland_protocols::wp::linux_drm_syncobj::v1::client::{
+    wp_linux_drm_syncobj_manager_v1::WpLinuxDrmSyncobjManagerV1,
+    wp_linux_drm_syncobj_surface_v1::WpLinuxDrmSyncobjSurfaceV1,
+};
 
 /// TCG is slow: how long anything that should happen "now" may take.
 const GENEROUS: Duration = Duration::from_secs(30);
@@ -124,6 +128,25 @@ impl Fencegate {
     }
 }
 
+/// fencegate started on virtio-gpu's card (`tag` names its socket and logs); None, after a
+/// SKIP line, outside the guest.
+fn fencegate_on_virtio_gpu(tag: &str) -> Option<(Fencegate, PathBuf)> {
+    let session = DrmSession::setup()?;
+    let card = virtio_gpu_card()?;
+    Some((Fencegate::start(session, &card, tag), card))
+}
+
+/// linux-drm-syncobj-v1 on `win`'s surface, with timelines made on `card`.
+fn explicit_sync(
+    win: &DmabufWindow,
+    card: &Path,
+) -> (WpLinuxDrmSyncobjManagerV1, DrmDevice, WpLinuxDrmSyncobjSurfaceV1) {
+    let manager = bind_manager(&win.client).expect("linux-drm-syncobj-v1");
+    let (device, _) = open_timeline_device(Some(card), win.device.as_ref()).expect("timelines");
+    let sync = manager.get_surface(&win.surface, win.client.qh(), IgnoreEvents);
+    (manager, device, sync)
+}
+
 /// The one active CRTC's scanout of `card`.
 fn scanout(card: &Path) -> Scanout {
     let mut scanouts = read_scanouts_at(card).expect("reading the scanout back");
@@ -164,13 +187,9 @@ fn commit_and_wait_presented(
 
 #[test]
 fn a_client_window_is_on_the_screen() {
-    let Some(session) = DrmSession::setup() else {
+    let Some((fencegate, card)) = fencegate_on_virtio_gpu("window") else {
         return;
     };
-    let Some(card) = virtio_gpu_card() else {
-        return;
-    };
-    let fencegate = Fencegate::start(session, &card, "window");
     let log = fencegate.log();
     assert!(log.contains("backend Drm"), "{log}");
     assert!(
@@ -206,13 +225,9 @@ fn a_client_window_is_on_the_screen() {
 
 #[test]
 fn a_fullscreen_dmabuf_is_scanned_out_and_released_by_the_next_flip() {
-    let Some(session) = DrmSession::setup() else {
+    let Some((fencegate, card)) = fencegate_on_virtio_gpu("scanout") else {
         return;
     };
-    let Some(card) = virtio_gpu_card() else {
-        return;
-    };
-    let fencegate = Fencegate::start(session, &card, "scanout");
     let mut win = DmabufWindow::open(&fencegate.window_args(&card, (64, 64), true), "drm-fs")
         .expect("fullscreen window");
     let mode = {
@@ -222,9 +237,7 @@ fn a_fullscreen_dmabuf_is_scanned_out_and_released_by_the_next_flip() {
     };
     assert_eq!(win.size, mode, "the fullscreen configure has the mode's size");
 
-    let manager = bind_manager(&win.client).expect("linux-drm-syncobj-v1");
-    let (device, _) = open_timeline_device(Some(&card), win.device.as_ref()).expect("timelines");
-    let sync = manager.get_surface(&win.surface, win.client.qh(), IgnoreEvents);
+    let (manager, device, sync) = explicit_sync(&win, &card);
     let mut buffers = Vec::new();
     for _ in 0..2 {
         let (pixels, buffer) = win.new_buffer().expect("buffer");
@@ -299,13 +312,9 @@ fn a_fullscreen_dmabuf_is_scanned_out_and_released_by_the_next_flip() {
 
 #[test]
 fn a_stuck_surface_leaves_another_clients_frames_at_full_rate() {
-    let Some(session) = DrmSession::setup() else {
+    let Some((fencegate, card)) = fencegate_on_virtio_gpu("stuck") else {
         return;
     };
-    let Some(card) = virtio_gpu_card() else {
-        return;
-    };
-    let fencegate = Fencegate::start(session, &card, "stuck");
     let frames_in = |win: &mut DmabufWindow, buffer, period: Duration| {
         let started = Instant::now();
         let mut times = Vec::new();
@@ -330,10 +339,7 @@ fn a_stuck_surface_leaves_another_clients_frames_at_full_rate() {
     // A second client commits with an acquire point that never signals.
     let mut stuck = DmabufWindow::open(&fencegate.window_args(&card, (48, 48), false), "stuck")
         .expect("stuck window");
-    let manager = bind_manager(&stuck.client).expect("syncobj");
-    let (device, _) =
-        open_timeline_device(Some(&card), stuck.device.as_ref()).expect("timelines");
-    let sync = manager.get_surface(&stuck.surface, stuck.client.qh(), IgnoreEvents);
+    let (manager, device, sync) = explicit_sync(&stuck, &card);
     let (mut stuck_pixels, stuck_buffer) = stuck.new_buffer().expect("buffer");
     stuck_pixels.write(&solid(48, 48, 0xff0000)).expect("draw");
     let timeline = import_timeline(&stuck.client, &manager, &device).expect("timeline");
@@ -359,21 +365,15 @@ fn a_stuck_surface_leaves_another_clients_frames_at_full_rate() {
 
 #[test]
 fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
-    let Some(session) = DrmSession::setup() else {
+    let Some((fencegate, card)) = fencegate_on_virtio_gpu("leak") else {
         return;
     };
-    let Some(card) = virtio_gpu_card() else {
-        return;
-    };
-    let fencegate = Fencegate::start(session, &card, "leak");
     let pid = fencegate.pid();
     // A first client and its goodbye settle whatever fencegate opens once (EGL, caches).
     let one_client = |color: u32, leave_pending: bool| {
         let mut win = DmabufWindow::open(&fencegate.window_args(&card, (32, 32), true), "leak")
             .expect("window");
-        let manager = bind_manager(&win.client).expect("syncobj");
-        let (device, _) = open_timeline_device(Some(&card), win.device.as_ref()).expect("tl");
-        let sync = manager.get_surface(&win.surface, win.client.qh(), IgnoreEvents);
+        let (manager, device, sync) = explicit_sync(&win, &card);
         let timeline = import_timeline(&win.client, &manager, &device).expect("timeline");
         let (mut pixels, buffer) = win.new_buffer().expect("buffer");
         pixels.write(&solid(win.size.0, win.size.1, color)).expect("draw");
@@ -426,13 +426,9 @@ fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
 
 #[test]
 fn an_unplugged_output_is_turned_off_and_back_on() {
-    let Some(session) = DrmSession::setup() else {
+    let Some((fencegate, card)) = fencegate_on_virtio_gpu("hotplug") else {
         return;
     };
-    let Some(card) = virtio_gpu_card() else {
-        return;
-    };
-    let fencegate = Fencegate::start(session, &card, "hotplug");
     let status = Path::new("/sys/class/drm/card0-Virtual-1/status");
     assert!(status.exists(), "virtio-gpu's connector in sysfs");
     let crtc_active = || {
