@@ -4,6 +4,9 @@
 //! never stops committing cannot make the compositor spin, and a quiet output costs one timer
 //! wake-up per frame with no rendering (the damage tracker skips undamaged frames).
 //!
+//! After each frame, every fence a blocked commit waits for gets the next frame's time as its
+//! deadline (`fencegate_protocols::hint_deadline`, `SYNC_IOC_SET_DEADLINE`).
+//!
 //! # Release after GPU completion
 //!
 //! A rendered frame's fence (`RenderedFrame::sync`, exported once as a sync_file) is recorded on
@@ -25,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fence_bridge::{EglFenceError, SyncFile};
+use fence_bridge::{EglFenceError, Ktime, SyncFile};
 use fencegate_protocols::drm_syncobj::DrmSyncobjCachedState;
 use fencegate_protocols::explicit_sync::ExplicitSyncCachedState;
 use fencegate_protocols::ReleaseFence;
@@ -102,6 +105,11 @@ impl State {
             Err(err) => error!("frame failed: {err:#}"),
         }
         self.backend.send_dmabuf_feedback(&self.core);
+        // Fences that commits wait for should be done by the next frame (the next vblank on
+        // DRM, where the frame timer runs at the mode's refresh rate): tell the GPUs.
+        if let Some(next_frame) = Ktime::now().checked_add(self.core.frame_interval) {
+            fencegate_protocols::hint_deadline(next_frame);
+        }
         self.core.send_frame_callbacks(now);
         self.core.space.refresh();
         self.core.popups.cleanup();

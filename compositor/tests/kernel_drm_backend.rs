@@ -14,6 +14,8 @@
 //! * a client leaving with an acquire point pending leaves no fd, framebuffer or dma-buf behind
 //!   in fencegate;
 //! * the connector unplugged and plugged back turns the CRTC off and on again;
+//! * a pending client acquire fence is given the next vblank as its deadline
+//!   (`SYNC_IOC_SET_DEADLINE`, seen with strace);
 //! * a VT switch pauses the session and switching back resumes it: the surface shows new
 //!   content again, and no fd or framebuffer is left over.
 //!
@@ -528,4 +530,55 @@ fn a_vt_switch_pauses_and_resumes_the_session() {
     assert_eq!(count(), before, "(fds, framebuffers) as before the VT switch");
     drop(win);
     fencegate.stop();
+}
+
+#[test]
+fn pending_client_fences_get_the_next_vblank_as_deadline() {
+    let Some(session) = DrmSession::setup() else {
+        return;
+    };
+    let Some(card) = virtio_gpu_card() else {
+        return;
+    };
+    // The client's acquire fences are vgem fences, signalled 400 ms after each commit.
+    let Some(_vgem) = common::vgem_card() else {
+        return;
+    };
+    let trace = session.log_dir.join("deadline.strace");
+    let socket = session.runtime_dir.join("fencegate-deadline");
+    let mut child = SeatedCommand::new("fencegate-deadline", "strace")
+        .args(["-f", "-e", "trace=ioctl", "-o"])
+        .arg(&trace)
+        .arg(fencegate_bin())
+        .args(["--backend", "drm", "--drm-device"])
+        .arg(&card)
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--")
+        .arg(common::client_bin("explicit-sync-v1-client"))
+        .args(["--frames", "3", "--acquire-delay-ms", "400", "--device"])
+        .arg(&card)
+        .spawn(session);
+    let status = child.wait_timeout(GENEROUS * 4);
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "the client's run:\n{}",
+        child.output()
+    );
+    assert!(child.stdout().contains("frame 2 shown"), "{}", child.output());
+    // SYNC_IOC_SET_DEADLINE = _IOW('>', 5, struct sync_set_deadline): strace names it, or
+    // spells out the number where its tables predate Linux 6.5.
+    let calls = std::fs::read_to_string(&trace).expect("strace's log");
+    let deadlines: Vec<&str> = calls
+        .lines()
+        .filter(|l| {
+            l.contains("SYNC_IOC_SET_DEADLINE") || l.contains("_IOC(_IOC_WRITE, 0x3e, 0x5, 0x10)")
+        })
+        .collect();
+    eprintln!("SYNC_IOC_SET_DEADLINE calls: {}", deadlines.len());
+    assert!(
+        deadlines.iter().any(|l| l.trim_end().ends_with("= 0")),
+        "fencegate set a deadline on a pending acquire fence, and the kernel took it: {deadlines:?}"
+    );
 }

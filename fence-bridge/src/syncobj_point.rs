@@ -256,6 +256,21 @@ impl FenceOps for SyncobjFenceOps {
         true
     }
 
+    /// The deadline goes to the fence at the point, through a sync_file of it (a syncobj has no
+    /// deadline ioctl of its own outside a wait): `SYNC_IOC_SET_DEADLINE` reaches the very
+    /// `dma_fence`. A point with no fence yet (not submitted) has nobody to tell: skipped.
+    fn set_deadline(&self, deadline: Ktime) {
+        let passed = self
+            .point
+            .syncobj
+            .export_sync_file(self.point.point)
+            .and_then(|sync_file| sync_file.set_deadline(deadline));
+        if let Err(err) = passed {
+            tracing::trace!(target: TARGET, %err, point = self.point.point,
+                "syncobj point: deadline hint not passed");
+        }
+    }
+
     fn release(&self) {
         // Unregisters from the reactor; the eventfd closes with the last reference.
         let watch = self

@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use fence_bridge::{Fence, FenceEvent, FenceSource, FenceStatus, WaitMode};
+use fence_bridge::{Fence, FenceEvent, FenceSource, FenceStatus, Ktime, WaitMode};
 use smithay::reexports::calloop::{self, LoopHandle, RegistrationToken};
 use smithay::reexports::wayland_server::backend::protocol::ProtocolError;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
@@ -83,7 +83,9 @@ pub(crate) fn block_commit<D, W>(
     D: CompositorHandler + 'static,
     W: BlockedOn<D>,
 {
-    let source = match FenceSource::new(what.fences(), W::MODE) {
+    let fences = what.fences();
+    let pending: Vec<Fence> = fences.iter().map(|(_, fence)| fence.clone()).collect();
+    let source = match FenceSource::new(fences, W::MODE) {
         Ok(source) => source,
         Err(_ready) => {
             what.count(state, Counted::AlreadySignaled);
@@ -105,13 +107,63 @@ pub(crate) fn block_commit<D, W>(
         loop_handle: loop_handle.clone(),
         token: None,
         wait: Some(wait),
+        fences: pending,
     }));
     if let Err(wait) = insert(&registration, source.with_timeout(timeout), timeout) {
         // Still inside the commit: released now, the commit applies as if nothing waited.
         wait.barrier.signal();
         return;
     }
+    PENDING.with(|pending| {
+        let mut pending = pending.borrow_mut();
+        pending.retain(|wait| wait.upgrade().is_some_and(|wait| !wait.ended()));
+        pending.push(Rc::downgrade(&registration) as std::rc::Weak<dyn Pending>);
+    });
     cancel_on_destruction(surface, registration);
+}
+
+/// Passes `deadline` as a hint to every fence a blocked commit of this thread's compositor
+/// waits for (`Fence::set_deadline`: `SYNC_IOC_SET_DEADLINE` on the kernel fence, where the
+/// kernel has it), and returns how many waits got it. A compositor calls it with the time of
+/// its next vblank, so that a GPU that can hurry (clock boost) knows when the frame is due.
+///
+/// Blocked commits live on the loop thread, so this sees those of the compositor running on the
+/// calling thread only.
+pub fn hint_deadline(deadline: Ktime) -> usize {
+    PENDING.with(|pending| {
+        let mut pending = pending.borrow_mut();
+        pending.retain(|wait| wait.upgrade().is_some_and(|wait| !wait.ended()));
+        for wait in pending.iter().filter_map(std::rc::Weak::upgrade) {
+            wait.set_deadline(deadline);
+        }
+        pending.len()
+    })
+}
+
+thread_local! {
+    /// Every blocked commit's wait of this (loop) thread, for [`hint_deadline`].
+    static PENDING: RefCell<Vec<std::rc::Weak<dyn Pending>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A wait whose fences can be told a deadline.
+trait Pending {
+    fn set_deadline(&self, deadline: Ktime);
+    fn ended(&self) -> bool;
+}
+
+impl<D: 'static, W: 'static> Pending for RefCell<Registration<D, W>> {
+    fn set_deadline(&self, deadline: Ktime) {
+        let registration = self.borrow();
+        if registration.wait.is_some() {
+            for fence in &registration.fences {
+                fence.set_deadline(deadline);
+            }
+        }
+    }
+
+    fn ended(&self) -> bool {
+        self.borrow().wait.is_none()
+    }
 }
 
 /// A blocked commit's wait as its surface's destruction hook sees it: where its source is
@@ -120,6 +172,8 @@ struct Registration<D: 'static, W> {
     loop_handle: LoopHandle<'static, D>,
     token: Option<RegistrationToken>,
     wait: Option<Wait<W>>,
+    /// The fences waited for (references shared with the source), for deadline hints.
+    fences: Vec<Fence>,
 }
 
 /// A wait its surface's destruction can cancel.
@@ -135,6 +189,7 @@ impl<D: 'static, W: BlockedOn<D>> Cancel<D> for RefCell<Registration<D, W>> {
             let mut registration = self.borrow_mut();
             let wait = registration.wait.take();
             let token = registration.token.take();
+            registration.fences.clear();
             (wait, token, registration.loop_handle.clone())
         };
         if let Some(token) = token {
@@ -232,6 +287,11 @@ where
                 release(state, w, status)
             }
             FenceEvent::TimedOut { .. } => timed_out(state, &in_source, timeout, w),
+        }
+        // Over for good (not re-armed): its fences go now, not with the last reference.
+        let mut registration = in_source.borrow_mut();
+        if registration.wait.is_none() {
+            registration.fences.clear();
         }
     });
     match inserted {

@@ -31,6 +31,7 @@ pub mod release_fence;
 mod surface_link;
 pub mod wait_times;
 
+pub use commit_blocker::hint_deadline;
 pub use implicit_sync::TimeoutAction;
 pub use release_fence::{ReleaseFence, ScanoutFence};
 
