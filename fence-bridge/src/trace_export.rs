@@ -13,9 +13,10 @@
 //!     to its signal timestamp. Async slices may overlap (fence 2 is enabled before fence 1
 //!     signals); Perfetto stacks them in one track per name, and the name is the timeline's.
 //!     `args` hold `seqno`, `context`, and on the end event `status` and `error` (errno);
-//!   - a thread track (`tid` per context, named by an `"M"` `thread_name` event) carries the
-//!     instants (`ph` `"i"`): `emit`, `enable signaling`, `wait start`/`wait end` (with
-//!     `timeout_ms` / `ok`), `signal` (with `error`), `poll fd created`.
+//!   - a thread track of its own, named by an `"M"` `thread_name` event, carries the instants
+//!     (`ph` `"i"`): `emit`, `enable signaling`, `wait start`/`wait end` (with `timeout_ms` /
+//!     `ok`), `signal` (with `error`), `poll fd created`; `args.thread` says which OS thread
+//!     emitted each.
 //! * **Waits on several fences** (`wait any`/`wait all` start and end) have no single context:
 //!   they are instants on the track of the OS thread that waited.
 //! * A fence whose signal happened with no earlier event recorded (emitted before the layer was
@@ -24,6 +25,25 @@
 //!
 //! Recording costs one short mutex-protected `Vec` push per event. Nothing is written until you
 //! call [`ChromeTrace::write_json`] (or [`ChromeTrace::save`]).
+//!
+//! # Process and thread ids
+//!
+//! Every `pid` and `tid` in the trace is a small positive number that fits in an `i32`: Perfetto
+//! reads them as 32-bit (a larger `tid` is dropped and the event lands on the process's main
+//! thread, `tid` = `pid`, where the tracks of all contexts merge), and other viewers expect
+//! the same. Two processes appear:
+//!
+//! * the real one (`pid` = [`std::process::id`], named `fence-bridge`), whose threads are the OS
+//!   threads that emitted events, numbered 1, 2, ... in the order they first did (named
+//!   `<thread name> (thread N)`);
+//! * one that holds the fence contexts, named `fence contexts (pid P)`, with the synthetic `pid`
+//!   1,000,000,000 + P. Linux pids never exceed 2^22 (`PID_MAX_LIMIT`), so it cannot be a real
+//!   process's, and it still fits in an `i32`. Its threads are the contexts, `tid` 1, 2, ... in
+//!   the order of their context numbers (which can be any `u64`, so they are not used as tids),
+//!   each named after its timeline. No `tid` equals the `pid`: no context passes for a main
+//!   thread. The fence slices carry their context's `pid`/`tid` too, but their `id`s are
+//!   global: Perfetto shows them under *Global Legacy Events*, and the contexts' thread tracks
+//!   under this process.
 //!
 //! # Example
 //!
@@ -280,8 +300,9 @@ fn args_json(fields: &[(&'static str, Value)]) -> String {
     out
 }
 
-/// Context tracks get tids above any OS thread's small id.
-const CONTEXT_TID_BASE: u64 = 1 << 32;
+/// The synthetic process of the fence contexts has `pid` `CONTEXT_PID_BASE` + the real pid:
+/// above any Linux pid (at most 2^22), below `i32::MAX` (see the module docs).
+const CONTEXT_PID_BASE: u32 = 1_000_000_000;
 
 impl ChromeTrace {
     /// How many fence-bridge events were recorded.
@@ -312,6 +333,8 @@ impl ChromeTrace {
         records.sort_by_key(|r| r.ts_ns);
 
         let pid = std::process::id();
+        // Linux pids stay below 2^22; the modulo keeps the sum below i32::MAX anywhere else.
+        let ctx_pid = CONTEXT_PID_BASE + pid % CONTEXT_PID_BASE;
         let mut json = Json { events: Vec::new() };
         json.metadata(format_args!(
             r#"{{"name":"process_name","ph":"M","pid":{pid},"tid":0,"args":{{"name":"fence-bridge"}}}}"#
@@ -346,7 +369,31 @@ impl ChromeTrace {
                 .cloned()
                 .unwrap_or_else(|| format!("ctx {ctx}"))
         };
-        let mut named_contexts = std::collections::HashSet::new();
+        // Context → its tid in the contexts' process: 1, 2, ... by context number.
+        let mut contexts: Vec<u64> = records
+            .iter()
+            .filter_map(|r| r.get_u64("context"))
+            .collect();
+        contexts.sort_unstable();
+        contexts.dedup();
+        let tids: HashMap<u64, usize> = contexts
+            .iter()
+            .enumerate()
+            .map(|(i, &ctx)| (ctx, i + 1))
+            .collect();
+        if !contexts.is_empty() {
+            json.metadata(format_args!(
+                r#"{{"name":"process_name","ph":"M","pid":{ctx_pid},"tid":0,"args":{{"name":{}}}}}"#,
+                quote(&format!("fence contexts (pid {pid})"))
+            ));
+        }
+        for &ctx in &contexts {
+            json.metadata(format_args!(
+                r#"{{"name":"thread_name","ph":"M","pid":{ctx_pid},"tid":{},"args":{{"name":{}}}}}"#,
+                tids[&ctx],
+                quote(&label(&labels, ctx))
+            ));
+        }
         let mut spans: HashMap<(u64, u64), FenceSpan> = HashMap::new();
 
         for r in &records {
@@ -364,17 +411,11 @@ impl ChromeTrace {
                 ));
                 continue;
             };
-            let tid = CONTEXT_TID_BASE + ctx;
-            if named_contexts.insert(ctx) {
-                json.metadata(format_args!(
-                    r#"{{"name":"thread_name","ph":"M","pid":{pid},"tid":{tid},"args":{{"name":{}}}}}"#,
-                    quote(&label(&labels, ctx))
-                ));
-            }
+            let tid = tids[&ctx];
             let mut args = r.fields.clone();
             args.push(("thread", Value::U64(r.thread)));
             json.event_at(r.ts_ns, format_args!(
-                r#"{{"name":{},"cat":"fence","ph":"i","s":"t","ts":{ts},"pid":{pid},"tid":{tid},"args":{}}}"#,
+                r#"{{"name":{},"cat":"fence","ph":"i","s":"t","ts":{ts},"pid":{ctx_pid},"tid":{tid},"args":{}}}"#,
                 quote(short),
                 args_json(&args)
             ));
@@ -395,7 +436,7 @@ impl ChromeTrace {
                     let error = r.get("error").cloned();
                     let status = if error.is_some() { "error" } else { "signaled" };
                     json.event_at(start, format_args!(
-                        r#"{{"name":{name},"cat":"fence","ph":"b","id":{id},"ts":{},"pid":{pid},"tid":{tid},"args":{{"context":{ctx},"seqno":{seqno},"from":{}}}}}"#,
+                        r#"{{"name":{name},"cat":"fence","ph":"b","id":{id},"ts":{},"pid":{ctx_pid},"tid":{tid},"args":{{"context":{ctx},"seqno":{seqno},"from":{}}}}}"#,
                         ts_us(start),
                         quote(if span.enable_ns.is_some() { "enable signaling" } else { "emit" }),
                     ));
@@ -407,7 +448,7 @@ impl ChromeTrace {
                         end_args.push(("error", error));
                     }
                     json.event_at(r.ts_ns, format_args!(
-                        r#"{{"name":{name},"cat":"fence","ph":"e","id":{id},"ts":{ts},"pid":{pid},"tid":{tid},"args":{}}}"#,
+                        r#"{{"name":{name},"cat":"fence","ph":"e","id":{id},"ts":{ts},"pid":{ctx_pid},"tid":{tid},"args":{}}}"#,
                         args_json(&end_args)
                     ));
                 }
@@ -422,11 +463,11 @@ impl ChromeTrace {
                 continue;
             };
             json.event_at(start, format_args!(
-                r#"{{"name":{},"cat":"fence","ph":"b","id":{},"ts":{},"pid":{pid},"tid":{},"args":{{"context":{ctx},"seqno":{seqno},"pending":true}}}}"#,
+                r#"{{"name":{},"cat":"fence","ph":"b","id":{},"ts":{},"pid":{ctx_pid},"tid":{},"args":{{"context":{ctx},"seqno":{seqno},"pending":true}}}}"#,
                 quote(&label(&labels, ctx)),
                 quote(&format!("{ctx}:{seqno}")),
                 ts_us(start),
-                CONTEXT_TID_BASE + ctx
+                tids[&ctx]
             ));
         }
         json.finish()
@@ -440,5 +481,162 @@ impl ChromeTrace {
     /// Writes the trace to the file `path` (created or truncated).
     pub fn save(&self, path: impl AsRef<Path>) -> io::Result<()> {
         std::fs::write(path, self.to_json())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value as Json;
+    use std::collections::{HashMap, HashSet};
+
+    fn record(ts_ns: i64, thread: u64, message: &str, fields: &[(&'static str, Value)]) -> Record {
+        Record {
+            ts_ns,
+            thread,
+            message: message.to_owned(),
+            fields: fields.to_vec(),
+        }
+    }
+
+    /// A fence emitted and signalled on context `ctx` (emit at `t`, signal at `t + 10`), on OS
+    /// thread `thread`.
+    fn fence_life(ctx: u64, seqno: u64, t: i64, thread: u64) -> [Record; 2] {
+        [
+            record(
+                t,
+                thread,
+                "fence emit",
+                &[
+                    ("context", Value::U64(ctx)),
+                    ("seqno", Value::U64(seqno)),
+                    ("driver", Value::Str("drm_syncobj".into())),
+                    ("timeline", Value::Str(format!("syncobj{ctx}"))),
+                ],
+            ),
+            record(
+                t + 10,
+                thread,
+                "fence signal",
+                &[("context", Value::U64(ctx)), ("seqno", Value::U64(seqno))],
+            ),
+        ]
+    }
+
+    /// A trace of fences on contexts 1, 2 and a kernel-sized context id, plus one multi-fence
+    /// instant on an OS thread, parsed back.
+    fn sample() -> Vec<Json> {
+        let big = (1u64 << 40) + 7;
+        let mut records = Vec::new();
+        records.extend(fence_life(1, 1, 1_000, 1));
+        records.extend(fence_life(2, 1, 2_000, 2));
+        records.extend(fence_life(big, 5, 3_000, 1));
+        records.extend(fence_life(1, 3, 4_000, 2));
+        records.push(record(
+            5_000,
+            1,
+            "fence wait any start",
+            &[("count", Value::U64(2))],
+        ));
+        let trace = ChromeTrace {
+            shared: Arc::new(Mutex::new(Recording {
+                records,
+                threads: HashMap::from([(1, "main".to_owned()), (2, "worker".to_owned())]),
+            })),
+        };
+        let json: Json = serde_json::from_str(&trace.to_json()).expect("valid JSON");
+        json["traceEvents"].as_array().unwrap().clone()
+    }
+
+    fn pid_tid(e: &Json) -> (i64, i64) {
+        (e["pid"].as_i64().unwrap(), e["tid"].as_i64().unwrap())
+    }
+
+    #[test]
+    fn every_pid_and_tid_fits_in_32_bits() {
+        // Perfetto drops a tid beyond u32 (the event lands on the process's main thread, tid =
+        // pid); chrome://tracing-style viewers want small positive ints too.
+        for e in sample() {
+            for key in ["pid", "tid"] {
+                let v = e[key]
+                    .as_i64()
+                    .unwrap_or_else(|| panic!("{key} not an int: {e}"));
+                assert!(
+                    (0..=i64::from(i32::MAX)).contains(&v),
+                    "{key} {v} out of i32: {e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn each_context_has_its_own_named_thread_track() {
+        let events = sample();
+        let pid = i64::from(std::process::id());
+        let thread_names: HashMap<(i64, i64), &str> = events
+            .iter()
+            .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
+            .map(|e| (pid_tid(e), e["args"]["name"].as_str().unwrap()))
+            .collect();
+        let process_names: HashMap<i64, &str> = events
+            .iter()
+            .filter(|e| e["ph"] == "M" && e["name"] == "process_name")
+            .map(|e| {
+                (
+                    e["pid"].as_i64().unwrap(),
+                    e["args"]["name"].as_str().unwrap(),
+                )
+            })
+            .collect();
+
+        // Context → the (pid, tid) of its instants: one pair per context, distinct.
+        let mut tracks: HashMap<u64, HashSet<(i64, i64)>> = HashMap::new();
+        for e in events.iter().filter(|e| e["ph"] == "i") {
+            if let Some(ctx) = e["args"]["context"].as_u64() {
+                tracks.entry(ctx).or_default().insert(pid_tid(e));
+            }
+        }
+        assert_eq!(tracks.len(), 3, "{tracks:?}");
+        let mut seen = HashSet::new();
+        for (ctx, pairs) in &tracks {
+            assert_eq!(pairs.len(), 1, "ctx {ctx} spread over {pairs:?}");
+            let pair = *pairs.iter().next().unwrap();
+            assert!(seen.insert(pair), "ctx {ctx} shares its track {pair:?}");
+            // Named after its timeline; not a process's main thread (tid = pid); not one of the
+            // OS threads' tracks.
+            assert_eq!(
+                thread_names.get(&pair).copied(),
+                Some(format!("drm_syncobj:syncobj{ctx} (ctx {ctx})").as_str())
+            );
+            assert_ne!(pair.0, pair.1, "ctx {ctx} would show as a main thread");
+            assert!(!thread_names[&pair].contains("(thread "));
+            assert!(
+                process_names.contains_key(&pair.0),
+                "no process_name for {pair:?}"
+            );
+            // The fence slices of the context sit with it.
+            for e in events.iter().filter(|e| {
+                matches!(e["ph"].as_str(), Some("b" | "e"))
+                    && e["id"].as_str().unwrap().starts_with(&format!("{ctx}:"))
+            }) {
+                assert_eq!(pid_tid(e), pair, "{e}");
+            }
+        }
+
+        // The OS threads keep their own tracks in the real process.
+        let wait = events
+            .iter()
+            .find(|e| e["name"] == "wait any start")
+            .unwrap();
+        assert_eq!(pid_tid(wait), (pid, 1));
+        assert_eq!(thread_names[&(pid, 1)], "main (thread 1)");
+        assert_eq!(thread_names[&(pid, 2)], "worker (thread 2)");
+        assert_eq!(process_names[&pid], "fence-bridge");
+        assert!(!seen.contains(&(pid, 1)) && !seen.contains(&(pid, 2)));
+
+        // Every event's (pid, tid) is named.
+        for e in events.iter().filter(|e| e["ph"] != "M") {
+            assert!(thread_names.contains_key(&pid_tid(e)), "unnamed track: {e}");
+        }
     }
 }

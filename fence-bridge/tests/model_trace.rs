@@ -1,6 +1,7 @@
 //! `ChromeTraceLayer`: a small SwTimeline scenario under the layer, the JSON parsed back and
-//! checked: tracks per context, one slice per fence from enable (or emit) to signal, instants
-//! for waits, errors in args, timestamp order.
+//! checked: tracks per context (each its own (pid, tid), both in 32 bits, as Perfetto needs),
+//! one slice per fence from enable (or emit) to signal, instants for waits, errors in args,
+//! timestamp order.
 //!
 //! One test: the layer is installed as the global subscriber (fences are signalled on other
 //! threads), which a process can do only once.
@@ -58,34 +59,55 @@ fn scenario_round_trips_as_a_perfetto_trace() {
     assert!(events[first_timed..].iter().all(|e| e["ph"] != "M"));
     let times: Vec<f64> = events[first_timed..].iter().map(ts).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "sorted by ts");
+    // Perfetto reads pid and tid as 32-bit numbers (a larger tid puts the event on the main
+    // thread's track): every one fits in an i32.
+    let pid_tid = |e: &Value| (e["pid"].as_u64().unwrap(), e["tid"].as_u64().unwrap());
     for e in events {
         assert!(
             e["name"].is_string() && e["ph"].is_string() && e["pid"].is_u64() && e["tid"].is_u64()
         );
+        let (pid, tid) = pid_tid(e);
+        assert!(pid <= i32::MAX as u64 && tid <= i32::MAX as u64, "{e}");
     }
 
-    // One named track per context.
-    let track_names: HashMap<u64, &str> = events
+    // One named track per context: its own (pid, tid), not a main thread (tid = pid).
+    let track_names: HashMap<(u64, u64), &str> = events
         .iter()
         .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
-        .map(|e| {
-            (
-                e["tid"].as_u64().unwrap(),
-                e["args"]["name"].as_str().unwrap(),
-            )
-        })
+        .map(|e| (pid_tid(e), e["args"]["name"].as_str().unwrap()))
         .collect();
+    let track = |label: &str| {
+        let tracks: Vec<_> = track_names.iter().filter(|(_, n)| **n == label).collect();
+        assert_eq!(tracks.len(), 1, "{label}: {track_names:?}");
+        *tracks[0].0
+    };
     let label = format!("sw_sync:frames (ctx {ctx})");
-    let frames_tid = *track_names
-        .iter()
-        .find(|(_, n)| **n == label)
-        .expect("frames track")
-        .0;
     let other_label = format!("fence_bridge:other (ctx {})", other.id().as_u64());
-    assert!(
-        track_names.values().any(|n| *n == other_label),
-        "{track_names:?}"
-    );
+    let frames_track = track(&label);
+    let other_track = track(&other_label);
+    assert_ne!(frames_track, other_track);
+    for (pid, tid) in [frames_track, other_track] {
+        assert_ne!(pid, tid);
+        assert_ne!(
+            pid,
+            u64::from(std::process::id()),
+            "contexts have their own process"
+        );
+    }
+    // Each context's instants and slices are on its track.
+    for e in events.iter().filter(|e| e["ph"] != "M") {
+        let on = |c: u64| {
+            e["args"]["context"] == c
+                || e["id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with(&format!("{c}:")))
+        };
+        if on(ctx) {
+            assert_eq!(pid_tid(e), frames_track, "{e}");
+        } else if on(other.id().as_u64()) {
+            assert_eq!(pid_tid(e), other_track, "{e}");
+        }
+    }
 
     // One async slice per fence, begin/end paired by id, named after the timeline.
     let slice = |id: &str| {
@@ -140,7 +162,7 @@ fn scenario_round_trips_as_a_perfetto_trace() {
             .find(|e| {
                 e["ph"] == "i"
                     && e["name"] == name
-                    && e["tid"] == frames_tid
+                    && pid_tid(e) == frames_track
                     && e["args"]["seqno"] == seqno
             })
             .unwrap_or_else(|| panic!("no {name:?} instant for seqno {seqno}"))
