@@ -23,7 +23,8 @@
 //!   group) and `killpg` of that pgid only.
 //! * Killing seatd-launch orphans seatd and the command: they are reparented to the nearest
 //!   subreaper. The test process makes itself one (`PR_SET_CHILD_SUBREAPER`) so it can reap the
-//!   whole group (`waitpid(-pgid)`) and prove nothing is left.
+//!   whole group (`waitpid(-pgid)`) and prove nothing is left. That is process-wide: anything
+//!   a test starts that daemonizes is reparented to the test process from then on.
 //! * `systemd-udevd` is not on PATH (`/lib/systemd/systemd-udevd`, a symlink to udevadm). Plain
 //!   `udevadm trigger` (action "change") fills the database; `--action=add` would also make
 //!   udevd's kmod builtin try to load modules from `/lib/modules/<kver>`, which the host's `/`
@@ -69,7 +70,7 @@ impl DrmSession {
     /// the guest, a failure there when `FENCEGATE_REQUIRE_KERNEL=1` (see [`require_device`]).
     /// Panics when a step fails in the guest.
     pub fn setup() -> Option<&'static DrmSession> {
-        require_device("kernel guest (the DRM session setup starts daemons)", || {
+        require_device("kernel guest to start udevd and seatd in", || {
             in_guest().then_some(())
         })?;
         static SESSION: OnceLock<DrmSession> = OnceLock::new();
@@ -111,10 +112,13 @@ fn ensure_udevd(log_dir: &Path) -> io::Result<bool> {
     if !processes_named("systemd-udevd").is_empty() {
         return Ok(false);
     }
-    let udevd = ["/usr/lib/systemd/systemd-udevd", "/lib/systemd/systemd-udevd"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or_else(|| io::Error::other("no systemd-udevd: install Debian's udev"))?;
+    let udevd = [
+        "/usr/lib/systemd/systemd-udevd",
+        "/lib/systemd/systemd-udevd",
+    ]
+    .into_iter()
+    .find(|p| Path::new(p).exists())
+    .ok_or_else(|| io::Error::other("no systemd-udevd: install Debian's udev"))?;
     // The daemon keeps whatever stdio it gets: never the test's own pipes.
     let log = File::create(log_dir.join("udevd.log"))?;
     run_checked(
@@ -311,7 +315,12 @@ fn become_subreaper() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
-        assert_eq!(r, 0, "PR_SET_CHILD_SUBREAPER: {}", io::Error::last_os_error());
+        assert_eq!(
+            r,
+            0,
+            "PR_SET_CHILD_SUBREAPER: {}",
+            io::Error::last_os_error()
+        );
     });
 }
 

@@ -10,10 +10,21 @@
 //!   (`GEM_CLOSE`), on every path.
 //! * [`read_atomic_state`] / [`read_framebuffers`]: debugfs `state` and `framebuffer`.
 //!
-//! Pitfalls: opening a card node while nobody is master makes the opener master, which would
-//! make a compositor's (seatd's) SET_MASTER fail: [`open_reader`] drops it at once. What is read
-//! is the framebuffer's memory: on vkms the composed output (planes blended) is not this; on
-//! virtio-gpu without virgl the guest memory is what the host shows.
+//! Pitfalls:
+//! * Opening a card node while nobody is master makes the opener master, which would make a
+//!   compositor's (seatd's) SET_MASTER fail: [`open_reader`] drops it at once.
+//! * The first PRIME export of a BO creates a dma-buf that the kernel caches on the GEM object
+//!   (`obj->dma_buf`, one more object reference) until the object's *last* handle closes, which
+//!   is the compositor's: after the first dma-buf readback of a buffer the system has one
+//!   dma-buf more and the object's debugfs refcount is one higher, for as long as the
+//!   compositor keeps the buffer. Later readbacks reuse it. Leak checks: take the baseline
+//!   after a first readback, or compare after the compositor freed the buffer.
+//!   [`MapPath::MapDumb`] leaves no such trace.
+//! * The `obj[N]: refcount=` of debugfs `state` is briefly one higher on virtio-gpu after a
+//!   commit (the host command in flight holds a reference, dropped later from a workqueue):
+//!   compare refcounts only once they are stable.
+//! * What is read is the framebuffer's memory: on vkms the composed output (planes blended) is
+//!   not this; on virtio-gpu without virgl the guest memory is what the host shows.
 
 use std::collections::HashMap;
 use std::fs;
@@ -102,9 +113,7 @@ impl FramebufferImage {
     pub fn rgb(&self, x: u32, y: u32) -> u32 {
         let p = self.pixel(x, y);
         match self.format {
-            XBGR8888 | ABGR8888 => {
-                ((p & 0xff) << 16) | (p & 0xff00) | ((p >> 16) & 0xff)
-            }
+            XBGR8888 | ABGR8888 => ((p & 0xff) << 16) | (p & 0xff00) | ((p >> 16) & 0xff),
             _ => p & 0x00ff_ffff,
         }
     }
@@ -122,8 +131,9 @@ pub fn fourcc_name(fourcc: u32) -> String {
 #[derive(Debug, Clone)]
 pub struct Scanout {
     pub crtc: u32,
-    pub plane: u32,
-    /// `None` when the primary plane has no framebuffer.
+    /// `None` when no primary plane is on the CRTC.
+    pub plane: Option<u32>,
+    /// `None` when the primary plane has no framebuffer (or there is none).
     pub image: Option<FramebufferImage>,
 }
 
@@ -162,15 +172,13 @@ pub fn read_scanouts(card: &ReaderCard) -> io::Result<Vec<Scanout>> {
             continue;
         }
         let crtc_id = raw_id::<crtc::Handle>(crtc);
-        let Some((plane, props)) = planes.iter().find(|(_, props)| {
+        let primary = planes.iter().find(|(_, props)| {
             props.get("type") == Some(&PLANE_TYPE_PRIMARY)
                 && props.get("CRTC_ID") == Some(&u64::from(crtc_id))
-        }) else {
-            return Err(io::Error::other(format!(
-                "active CRTC {crtc_id} has no primary plane on it"
-            )));
-        };
-        let fb_id = props.get("FB_ID").copied().unwrap_or(0) as u32;
+        });
+        let fb_id = primary
+            .and_then(|(_, props)| props.get("FB_ID").copied())
+            .unwrap_or(0) as u32;
         let image = if fb_id == 0 {
             None
         } else {
@@ -178,7 +186,7 @@ pub fn read_scanouts(card: &ReaderCard) -> io::Result<Vec<Scanout>> {
         };
         scanouts.push(Scanout {
             crtc: crtc_id,
-            plane: raw_id(*plane),
+            plane: primary.map(|(p, _)| raw_id(*p)),
             image,
         });
     }
@@ -252,7 +260,11 @@ fn ioctl<T>(fd: BorrowedFd<'_>, request: u64, arg: &mut T) -> io::Result<()> {
 
 /// `DRM_IOCTL_GEM_CLOSE`: `Err(EINVAL)` when `handle` is not open in `card`'s file.
 pub fn gem_close(card: BorrowedFd<'_>, handle: u32) -> io::Result<()> {
-    ioctl(card, DRM_IOCTL_GEM_CLOSE, &mut DrmGemClose { handle, pad: 0 })
+    ioctl(
+        card,
+        DRM_IOCTL_GEM_CLOSE,
+        &mut DrmGemClose { handle, pad: 0 },
+    )
 }
 
 /// The GEM handles GETFB2 made; closed on drop (error paths), or by [`GemHandles::close`].
@@ -644,23 +656,23 @@ pub fn parse_framebuffers(text: &str) -> Vec<FramebufferEntry> {
     fbs
 }
 
-/// Parses debugfs `state` (6.12 `drm_atomic_print_new_state`):
+/// Parses debugfs `state` (6.12 `drm_atomic_print_new_state`; indented with tabs):
 /// ```text
 /// plane[32]: plane-0
-/// 	crtc=crtc-0
-/// 	fb=40
-/// 		allocated by = [fbcon]
-/// 		...
-/// 	crtc-pos=640x480+0+0
+///     crtc=crtc-0
+///     fb=40
+///         allocated by = [fbcon]
+///         ...
+///     crtc-pos=640x480+0+0
 /// plane[33]: plane-1
-/// 	crtc=(null)
-/// 	fb=0
+///     crtc=(null)
+///     fb=0
 /// crtc[36]: crtc-0
-/// 	enable=1
-/// 	active=1
-/// 	mode: "640x480": 75 32140 640 800 819 864 480 482 484 496 0x48 0xa
+///     enable=1
+///     active=1
+///     mode: "640x480": 75 32140 640 800 819 864 480 482 484 496 0x48 0xa
 /// connector[37]: Virtual-1
-/// 	crtc=crtc-0
+///     crtc=crtc-0
 /// ```
 pub fn parse_atomic_state(text: &str) -> AtomicState {
     enum Cur {
@@ -720,12 +732,14 @@ pub fn parse_atomic_state(text: &str) -> AtomicState {
                     match key_value(text) {
                         Some(("crtc", v)) => plane.crtc = crtc_name(v),
                         Some(("fb", v)) => {
-                            plane.fb = v.parse().ok().filter(|&id| id != 0).map(|id| {
-                                FramebufferEntry {
-                                    id,
-                                    ..Default::default()
-                                }
-                            })
+                            plane.fb =
+                                v.parse()
+                                    .ok()
+                                    .filter(|&id| id != 0)
+                                    .map(|id| FramebufferEntry {
+                                        id,
+                                        ..Default::default()
+                                    })
                         }
                         _ => {}
                     }
@@ -752,14 +766,9 @@ pub fn parse_atomic_state(text: &str) -> AtomicState {
             _ => {}
         }
     }
-    let ids: HashMap<String, u32> = state
-        .crtcs
-        .iter()
-        .map(|c| (c.name.clone(), c.id))
-        .collect();
+    let ids: HashMap<String, u32> = state.crtcs.iter().map(|c| (c.name.clone(), c.id)).collect();
     for plane in &mut state.planes {
         plane.crtc_id = plane.crtc.as_ref().and_then(|n| ids.get(n).copied());
     }
     state
 }
-

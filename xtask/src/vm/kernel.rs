@@ -34,6 +34,10 @@ pub(super) fn ensure_installed() -> Result<Assets> {
         ("xz-utils", 0),
         // kernel_source counts the syscalls of an already-signalled fence with it.
         ("strace", 0),
+        // A DRM-session compositor in the guest (tests/common/drm_session.rs): seatd-launch
+        // hands it the seat, systemd-udevd + udevadm make udev enumeration see /dev/dri.
+        ("seatd", 0),
+        ("udev", 0),
     ])?;
     let mut apt = packages::Apt::default();
 

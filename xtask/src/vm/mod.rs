@@ -25,9 +25,10 @@
 //!
 //! * [`install_packages`]: idempotent. Adds `<codename>-backports` to apt when missing (same
 //!   mirror as the machine's own Debian sources), installs `qemu-system-x86` (10.x, backports),
-//!   `busybox-static`, `kmod`, `xz-utils`, and downloads (never installs) the
-//!   `linux-image-6.12.*-amd64` package named by backports' `linux-image-amd64`, extracted with
-//!   `dpkg-deb -x` and `depmod -b` into the cache. `apt-get update` runs only when something must
+//!   `busybox-static`, `kmod`, `xz-utils`, `strace`, `seatd` and `udev` (the guest runs the
+//!   host's binaries: `seatd-launch`, `systemd-udevd`, `udevadm` for a DRM-session compositor),
+//!   and downloads (never installs) the `linux-image-6.12.*-amd64` package named by backports'
+//!   `linux-image-amd64`, extracted with `dpkg-deb -x` and `depmod -b` into the cache. `apt-get update` runs only when something must
 //!   be installed.
 //! * The cache is `/var/cache/fencegate-vm` (override: `FENCEGATE_VM_CACHE`): it is per machine
 //!   like apt's own cache, outside the workspace so that `cargo clean` keeps it, and a kernel
@@ -82,8 +83,8 @@ const STAGE2: &str = include_str!("../../vm/guest-init.sh");
 const KERNEL_TEST_PREFIX: &str = "kernel_";
 
 /// Install (idempotently) everything the VM tier needs: QEMU 10 from backports, busybox-static,
-/// kmod, xz-utils, the cached, extracted 6.12 kernel and the vkms module built for it. Prints
-/// what it installs; a second run only checks.
+/// kmod, xz-utils, strace, seatd, udev, the cached, extracted 6.12 kernel and the vkms module
+/// built for it. Prints what it installs; a second run only checks.
 pub fn install_packages() -> Result<()> {
     // prepare() = the packages + the cached kernel + the initramfs and current.env, so that
     // `xtask/vm/run-in-guest CMD` works by hand afterwards.
