@@ -104,7 +104,9 @@ enum ScanoutRenderer {
 pub struct DrmSources {
     session: LibSeatSessionNotifier,
     input: LibinputInputBackend,
-    card: DrmDeviceFd,
+    /// The card's fd, duplicated: the loop must hold no `DrmDeviceFd`, whose last drop gives
+    /// DRM master back, which has to happen before the session (in the loop too) closes.
+    card: std::os::fd::OwnedFd,
     udev: Option<UdevBackend>,
 }
 
@@ -201,7 +203,10 @@ impl Drm {
         let sources = DrmSources {
             session: notifier,
             input,
-            card: card.clone(),
+            card: card
+                .as_fd()
+                .try_clone_to_owned()
+                .context("duplicating the card's fd")?,
             udev,
         };
         let active = session.is_active();
