@@ -4,7 +4,7 @@
 //! * each well-behaved client runs clean: exit 0, no finding, and the numbers of the protocol it
 //!   uses say what it did;
 //! * each `misbehave` scenario produces exactly its finding and exit status (the table in
-//!   docs/src/check.md);
+//!   docs/src/check.md), including the zwp_linux_explicit_synchronization_v1 one;
 //! * every report validates against docs/src/check-report.schema.json; `--trace` writes a
 //!   Chrome trace with the fences in it.
 //!
@@ -71,8 +71,15 @@ fn well_behaved_clients_run_clean() {
         "two buffers over eight frames: {r:#}"
     );
     assert_eq!(n(&s["buffer_reuse"]["rewritten_while_held"]), 0, "{r:#}");
-    assert!(
-        s["buffer_reuse"]["release_to_reuse_ms"].is_object(),
+    // It waits for each release point before it draws: every reuse comes after the release.
+    assert_eq!(
+        n(&s["buffer_reuse"]["committed_before_release"]),
+        0,
+        "{r:#}"
+    );
+    assert_eq!(
+        n(&s["buffer_reuse"]["release_to_reuse_ms"]["count"]),
+        n(&s["buffer_reuse"]["reused"]),
         "{r:#}"
     );
     assert!(n(&r["commits"]["dmabuf"]) >= 8, "{r:#}");
@@ -95,6 +102,20 @@ fn well_behaved_clients_run_clean() {
         n(&v1["releases"]["requested"]),
         n(&v1["releases"]["fenced"]) + n(&v1["releases"]["immediate"]),
         "every release answered: {r:#}"
+    );
+    // Buffer reuse, measured for this protocol too: each buffer written again only once its
+    // release came (and its fenced_release fence signalled).
+    let reuse = &v1["buffer_reuse"];
+    assert!(
+        n(&reuse["reused"]) >= 4,
+        "two buffers over six frames: {r:#}"
+    );
+    assert_eq!(n(&reuse["rewritten_while_held"]), 0, "{r:#}");
+    assert_eq!(n(&reuse["committed_before_release"]), 0, "{r:#}");
+    assert_eq!(
+        n(&reuse["release_to_reuse_ms"]["count"]),
+        n(&reuse["reused"]),
+        "{r:#}"
     );
 
     // Implicit sync: every buffer still being written (a vgem fence) when committed.
@@ -150,10 +171,18 @@ fn each_misbehaviour_gets_its_finding_and_exit_status() {
             &["fence_never_signalled"],
         ),
         // Two buffers alternating, each given a new acquire point while the previous commit of
-        // it still waits: new work on buffers fencegate still holds.
+        // it still waits, and every point signalled at once: writes finished on buffers
+        // fencegate still holds.
         (
             "flood-commits",
             &["--commits", "30"],
+            &["buffer_rewritten_while_held"],
+        ),
+        // zwp_linux_explicit_synchronization_v1: the buffer on screen written and committed
+        // again, with a signalled acquire fence, then with one signalled after the commit.
+        (
+            "v1-rewrites-before-release",
+            &[],
             &["buffer_rewritten_while_held"],
         ),
     ];
@@ -169,6 +198,23 @@ fn each_misbehaviour_gets_its_finding_and_exit_status() {
         assert_eq!(r["client_exit_status"], 0, "{scenario}: {r:#}");
         if *scenario == "signals-late" {
             assert_eq!(n(&r["drm_syncobj"]["acquire"]["over_timeout"]), 1, "{r:#}");
+        }
+        let reuse = |protocol: &str| {
+            let b = &r[protocol]["buffer_reuse"];
+            (n(&b["reused"]), n(&b["rewritten_while_held"]))
+        };
+        match *scenario {
+            "rewrites-before-release" => assert_eq!(reuse("drm_syncobj"), (1, 1), "{r:#}"),
+            // Every commit but the first of each buffer reuses it; every one of them finished
+            // its write (all points signalled together) before its previous commit was released.
+            "flood-commits" => assert_eq!(reuse("drm_syncobj"), (28, 28), "{r:#}"),
+            "v1-rewrites-before-release" => {
+                assert_eq!(reuse("explicit_sync_v1"), (2, 2), "{r:#}");
+                // The second rewrite waited for its acquire fence.
+                assert!(n(&r["explicit_sync_v1"]["acquire"]["waited"]) >= 1, "{r:#}");
+                assert_eq!(reuse("drm_syncobj"), (0, 0), "{r:#}");
+            }
+            _ => {}
         }
         if expected.contains(&"protocol_error".to_string()) {
             assert_eq!(r["protocol_errors"].as_array().unwrap().len(), 1, "{r:#}");

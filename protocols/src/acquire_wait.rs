@@ -14,6 +14,10 @@
 //!    the loop. When the fence signals, the callback releases the barrier and calls
 //!    `CompositorClientState::blocker_cleared`, which applies the commit.
 //!
+//! When the fence is seen signalled (at commit time, or when the blocker fires) a commit that
+//! reuses a buffer has its write judged against the release of the buffer's previous commit
+//! (`crate::buffer_reuse`).
+//!
 //! Until then the surface shows its previous content. Smithay queues the transactions of a
 //! client and applies those of one surface in commit order, so later commits of the surface wait
 //! behind the blocked one (even if their own fences signal first); other surfaces are not held.
@@ -27,14 +31,16 @@
 //! re-armed each period to notice a surface or client that went away; then the wait is given up
 //! ([`AcquireStats::abandoned`]) and its fd closed.
 
+use std::cell::Cell;
 use std::time::Duration;
 
-use fence_bridge::{Fence, FenceStatus, WaitMode};
+use fence_bridge::{Fence, FenceStatus, Ktime, WaitMode};
 use smithay::reexports::calloop::{self, LoopHandle};
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_server::{Client, DisplayHandle, Resource};
 use smithay::wayland::compositor::CompositorHandler;
 
+use crate::buffer_reuse::PendingReuse;
 use crate::commit_blocker::{block_commit, BlockedOn, Counted};
 use crate::implicit_sync::TimeoutAction;
 use crate::wait_times::WaitTimes;
@@ -81,7 +87,8 @@ pub(crate) struct What {
 /// Blocks the pending commit of `surface` until `fence` signals (see the [module docs](self)),
 /// counting in `stats(state)` (already signalled: no blocker; or blocked). At the timeout
 /// [`TimeoutAction::Report`] reports and waits on; [`TimeoutAction::Disconnect`] reports and
-/// disconnects the client.
+/// disconnects the client. `reuse`, when the commit reuses a buffer, is judged when the fence
+/// is seen signalled.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn block_commit_with_action<D>(
     state: &mut D,
@@ -92,6 +99,7 @@ pub(crate) fn block_commit_with_action<D>(
     (timeout, action): (Duration, TimeoutAction),
     what: What,
     stats: StatsOf<D>,
+    reuse: Option<PendingReuse>,
 ) where
     D: CompositorHandler + 'static,
 {
@@ -100,6 +108,7 @@ pub(crate) fn block_commit_with_action<D>(
         what,
         stats,
         action,
+        reuse: Cell::new(reuse),
     };
     block_commit(state, dh, surface, loop_handle, timeout, acquire);
 }
@@ -111,6 +120,19 @@ struct AcquireFence<D> {
     what: What,
     stats: StatsOf<D>,
     action: TimeoutAction,
+    /// The commit's reuse of a buffer, judged once the fence is seen signalled.
+    reuse: Cell<Option<PendingReuse>>,
+}
+
+impl<D> AcquireFence<D> {
+    /// The fence was seen signalled: judge the buffer reuse, if the commit is one.
+    fn judge_reuse(&self) {
+        if let Some(reuse) = self.reuse.take() {
+            // The fence's signal time: the kernel's for a sync_file, the time it was seen for a
+            // syncobj point.
+            reuse.acquired(self.fence.timestamp().unwrap_or_else(Ktime::now));
+        }
+    }
 }
 
 impl<D: 'static> BlockedOn<D> for AcquireFence<D> {
@@ -122,6 +144,9 @@ impl<D: 'static> BlockedOn<D> for AcquireFence<D> {
     }
 
     fn count(&self, state: &mut D, step: Counted) {
+        if matches!(step, Counted::AlreadySignaled | Counted::Released(_)) {
+            self.judge_reuse();
+        }
         let Some(stats) = (self.stats)(state) else {
             return;
         };

@@ -2,6 +2,7 @@
 //! protocols see it (their commit rules, and whether a commit supersedes the previous buffer and
 //! so makes its release due).
 
+use smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer;
 use smithay::wayland::compositor::{BufferAssignment, SurfaceAttributes, SurfaceData};
 use smithay::wayland::dmabuf::get_dmabuf;
 
@@ -38,5 +39,15 @@ pub(crate) fn pending_attachment(states: &SurfaceData) -> Attachment {
         Some(BufferAssignment::NewBuffer(buffer)) => Attachment::Buffer {
             dmabuf: get_dmabuf(buffer).is_ok(),
         },
+    }
+}
+
+/// The buffer the pending commit in `states` attaches, if any. Takes the lock of
+/// `SurfaceAttributes` only, and releases it before returning.
+pub(crate) fn pending_buffer(states: &SurfaceData) -> Option<WlBuffer> {
+    let mut attributes = states.cached_state.get::<SurfaceAttributes>();
+    match &attributes.pending().buffer {
+        Some(BufferAssignment::NewBuffer(buffer)) => Some(buffer.clone()),
+        _ => None,
     }
 }

@@ -22,6 +22,7 @@
 
 pub mod acquire_wait;
 mod attachment;
+mod buffer_reuse;
 mod commit_blocker;
 pub mod drm_syncobj;
 pub mod explicit_sync;

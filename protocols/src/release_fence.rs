@@ -36,7 +36,7 @@ impl ReleaseFence {
 
 /// What waits for a [`ScanoutFence`]: runs once, with the out-fence, or with `None` when there
 /// is none (the frame left the screen without a fenced commit: session paused, output gone).
-type Waiter = Box<dyn FnOnce(Option<&SyncFile>) + Send>;
+type Waiter = Box<dyn FnOnce(Option<&Arc<SyncFile>>) + Send>;
 
 /// The out-fence of a KMS commit not made yet: the one that takes a frame off screen (see the
 /// [module docs](self)).
@@ -82,12 +82,12 @@ impl ScanoutFence {
         };
         // Outside the lock: a waiter may do anything, including look at this fence.
         for waiter in waiters {
-            waiter(fence.as_deref());
+            waiter(fence.as_ref());
         }
     }
 
     /// Runs `waiter` with the out-fence once it is known (now, if it is).
-    pub fn then(&self, waiter: impl FnOnce(Option<&SyncFile>) + Send + 'static) {
+    pub fn then(&self, waiter: impl FnOnce(Option<&Arc<SyncFile>>) + Send + 'static) {
         let resolved = {
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             match &mut *state {
@@ -98,7 +98,7 @@ impl ScanoutFence {
                 State::Resolved(fence) => fence.clone(),
             }
         };
-        waiter(resolved.as_deref());
+        waiter(resolved.as_ref());
     }
 
     /// `None` while the replacing commit has not been made; then its out-fence, if it had one.

@@ -102,15 +102,21 @@ pub struct ReleasePointsReport {
     pub owed_at_exit: u64,
 }
 
+/// How buffers were reused, judged by fencegate's release of their previous commit: made (the
+/// release point signalled or given the render fence; `immediate_release` or `fenced_release`
+/// sent) and in effect (at once, or once that render fence signalled).
 #[derive(Debug, Clone, Serialize)]
 pub struct BufferReuseReport {
-    /// Commits of a buffer that had been committed before.
+    /// Commits, with a new acquire fence (or point), of a buffer whose previous commit carried a
+    /// release.
     pub reused: u64,
-    /// Of those, buffers given a new acquire point before fencegate released their previous
-    /// commit (signalled its release point, or imported the render fence into it): the
-    /// client wrote into a buffer fencegate could still be reading.
+    /// Of those, commits made before that release took effect: allowed, the client's write
+    /// must only finish after it (GPU work queued behind the release point).
+    pub committed_before_release: u64,
+    /// Of those, buffers whose new acquire fence signalled before that release took effect: the
+    /// client finished writing a buffer fencegate could still be reading.
     pub rewritten_while_held: u64,
-    /// From fencegate releasing a buffer to the client committing it again.
+    /// For reuses committed after the release took effect: from the release to the commit.
     pub release_to_reuse_ms: Option<Distribution>,
 }
 
@@ -118,6 +124,7 @@ pub struct BufferReuseReport {
 pub struct ExplicitSyncV1Report {
     pub acquire: AcquireReport,
     pub releases: BufferReleasesReport,
+    pub buffer_reuse: BufferReuseReport,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -166,6 +173,7 @@ impl Report {
         let explicit_sync_v1 = core.explicit_sync.as_ref().map(|s| ExplicitSyncV1Report {
             acquire: AcquireReport::from(&s.stats()),
             releases: BufferReleasesReport::from(s.release_stats()),
+            buffer_reuse: BufferReuseReport::from(&s.buffer_reuse_stats()),
         });
         let mut report = Report {
             schema: REPORT_SCHEMA,
@@ -225,21 +233,33 @@ impl Report {
                 ),
             })
         };
+        let rewritten = |name: &str, fence: &str, release: &str, reuse: &BufferReuseReport| {
+            (reuse.rewritten_while_held > 0).then(|| Finding {
+                kind: FindingKind::BufferRewrittenWhileHeld,
+                count: reuse.rewritten_while_held,
+                detail: format!(
+                    "{name}: buffers whose new acquire {fence} signalled before fencegate's \
+                     release of their previous commit took effect ({release})"
+                ),
+            })
+        };
         if let Some(s) = &self.drm_syncobj {
             findings.extend(never("linux-drm-syncobj-v1", &s.acquire));
-            if s.buffer_reuse.rewritten_while_held > 0 {
-                findings.push(Finding {
-                    kind: FindingKind::BufferRewrittenWhileHeld,
-                    count: s.buffer_reuse.rewritten_while_held,
-                    detail:
-                        "linux-drm-syncobj-v1: buffers given a new acquire point before fencegate \
-                             released their previous commit"
-                            .into(),
-                });
-            }
+            findings.extend(rewritten(
+                "linux-drm-syncobj-v1",
+                "point",
+                "release point signalled, or the render fence imported into it signalled",
+                &s.buffer_reuse,
+            ));
         }
         if let Some(s) = &self.explicit_sync_v1 {
             findings.extend(never("zwp_linux_explicit_synchronization_v1", &s.acquire));
+            findings.extend(rewritten(
+                "zwp_linux_explicit_synchronization_v1",
+                "fence",
+                "immediate_release sent, or the fenced_release fence signalled",
+                &s.buffer_reuse,
+            ));
         }
         findings
     }
@@ -292,14 +312,7 @@ impl Report {
                 "    release points: {} set, {} after the render fence, {} from the CPU, {} owed at exit",
                 r.set, r.after_render_fence, r.from_cpu, r.owed_at_exit
             );
-            let b = &s.buffer_reuse;
-            let _ = writeln!(
-                w,
-                "    buffer reuse: {} reused, {} rewritten while held, release to reuse {}",
-                b.reused,
-                b.rewritten_while_held,
-                distribution(b.release_to_reuse_ms)
-            );
+            buffer_reuse_line(w, &s.buffer_reuse);
         }
         if let Some(s) = &self.explicit_sync_v1 {
             let _ = writeln!(w, "  zwp_linux_explicit_synchronization_v1:");
@@ -310,6 +323,7 @@ impl Report {
                 "    releases: {} requested, {} fenced, {} immediate",
                 r.requested, r.fenced, r.immediate
             );
+            buffer_reuse_line(w, &s.buffer_reuse);
         }
         let i = &self.implicit_sync;
         let _ = writeln!(
@@ -356,6 +370,17 @@ fn acquire_lines(w: &mut String, a: &AcquireReport) {
         distribution(a.wait_ms),
         a.over_timeout,
         a.never_signalled
+    );
+}
+
+fn buffer_reuse_line(w: &mut String, b: &BufferReuseReport) {
+    let _ = writeln!(
+        w,
+        "    buffer reuse: {} reused ({} committed before the release), {} rewritten while held, release to reuse {}",
+        b.reused,
+        b.committed_before_release,
+        b.rewritten_while_held,
+        distribution(b.release_to_reuse_ms)
     );
 }
 
@@ -412,6 +437,7 @@ impl From<&BufferReuseStats> for BufferReuseReport {
     fn from(s: &BufferReuseStats) -> Self {
         BufferReuseReport {
             reused: s.reused,
+            committed_before_release: s.committed_before_release,
             rewritten_while_held: s.rewritten_while_held,
             release_to_reuse_ms: Distribution::of(&s.after_release),
         }

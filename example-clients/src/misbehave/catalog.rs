@@ -7,7 +7,8 @@ use clap::ValueEnum;
 
 use crate::syncobj_timeline::{MANAGER_INTERFACE, SURFACE_INTERFACE};
 
-/// One way to break linux-drm-syncobj-v1's rules (or to test a compositor's patience).
+/// One way to break linux-drm-syncobj-v1's rules (or to test a compositor's patience); the
+/// `v1-` ones break zwp_linux_explicit_synchronization_v1's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
 pub enum Scenario {
     /// A commit whose acquire point is never signalled.
@@ -30,6 +31,9 @@ pub enum Scenario {
     DisconnectWithPointsPending,
     /// Many commits at once, all waiting for acquire points.
     FloodCommits,
+    /// zwp_linux_explicit_synchronization_v1: a buffer on screen (its release not sent) written
+    /// and committed again, twice.
+    V1RewritesBeforeRelease,
 }
 
 /// What a compositor should answer.
@@ -50,7 +54,7 @@ pub enum Expected {
 
 impl Scenario {
     /// Every scenario, in `--list` order.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::NeverSignals,
         Scenario::SignalsLate,
         Scenario::RewritesBeforeRelease,
@@ -61,6 +65,7 @@ impl Scenario {
         Scenario::DestroyWithPointsPending,
         Scenario::DisconnectWithPointsPending,
         Scenario::FloodCommits,
+        Scenario::V1RewritesBeforeRelease,
     ];
 
     /// The name `--scenario` takes.
@@ -76,6 +81,7 @@ impl Scenario {
             Scenario::DestroyWithPointsPending => "destroy-with-points-pending",
             Scenario::DisconnectWithPointsPending => "disconnect-with-points-pending",
             Scenario::FloodCommits => "flood-commits",
+            Scenario::V1RewritesBeforeRelease => "v1-rewrites-before-release",
         }
     }
 
@@ -115,6 +121,12 @@ impl Scenario {
             Scenario::FloodCommits => {
                 "sends --commits commits (default 100) back to back, alternating two dma-bufs, \
                  each waiting for its own point of one acquire timeline; then signals them all"
+            }
+            Scenario::V1RewritesBeforeRelease => {
+                "zwp_linux_explicit_synchronization_v1: shows a dma-buf (acquire fence, \
+                 get_release), then, while it is on screen and its release not sent, draws into \
+                 it with the CPU and commits it again with a signalled acquire fence (vgem); once \
+                 shown, does the same with an acquire fence it signals 100 ms after the commit"
             }
         }
     }
@@ -191,6 +203,13 @@ impl Scenario {
                  round trip completes), then applies the commits in order once their points \
                  signal: the last commit's buffer is shown and every other release point is \
                  signalled"
+            }
+            Scenario::V1RewritesBeforeRelease => {
+                "no protocol error and no disconnect: a compositor cannot see CPU writes. Both \
+                 commits are shown (the second once its acquire fence signals) and the release of \
+                 each commit replaced arrives only then; the client broke the rule that a buffer \
+                 is written only after its release event (and a fenced_release's fence). \
+                 fencegate check: buffer_rewritten_while_held, twice"
             }
         }
     }

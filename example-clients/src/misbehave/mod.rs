@@ -1,5 +1,6 @@
-//! `misbehave --scenario NAME`: a linux-drm-syncobj-v1 client that breaks one rule (or tries a
-//! compositor's patience) and checks that the compositor answers as documented: the exact
+//! `misbehave --scenario NAME`: a linux-drm-syncobj-v1 (or, `v1-` scenarios,
+//! zwp_linux_explicit_synchronization_v1) client that breaks one rule (or tries a compositor's
+//! patience) and checks that the compositor answers as documented: the exact
 //! protocol error, or the documented absence of one ("surface frozen", "released anyway").
 //! `--list` prints every scenario and its documented response ([`catalog`]).
 //!
@@ -22,11 +23,14 @@ use fence_bridge::DrmDevice;
 use wayland_client::protocol::wl_buffer::WlBuffer;
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_manager_v1::WpLinuxDrmSyncobjManagerV1;
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::wp_linux_drm_syncobj_surface_v1::WpLinuxDrmSyncobjSurfaceV1;
+use wayland_protocols::wp::linux_explicit_synchronization::zv1::client::zwp_linux_buffer_release_v1::ZwpLinuxBufferReleaseV1;
+use wayland_protocols::wp::linux_explicit_synchronization::zv1::client::zwp_linux_explicit_synchronization_v1::ZwpLinuxExplicitSynchronizationV1;
 
 pub use catalog::{list, Expected, Scenario};
 
 use crate::allocator::PixelBuffer;
 use crate::dmabuf_window::DmabufWindow;
+use crate::explicit_sync_v1_client::ReleaseSlot;
 use crate::fence_worker::FenceWorker;
 use crate::options::{parse_size, AllocatorChoice, DmabufWindowArgs};
 use crate::paint::solid;
@@ -34,7 +38,8 @@ use crate::syncobj_timeline::{
     bind_manager, import_timeline, is_signalled, open_timeline_device, set_points, wait_signalled,
     Timeline,
 };
-use crate::{Client, IgnoreEvents, Timeout};
+use crate::vgem::{signalled_sync_file, PendingFence};
+use crate::{drm_nodes, Client, IgnoreEvents, Timeout};
 
 /// The client's name.
 pub const NAME: &str = "misbehave";
@@ -50,7 +55,8 @@ const WL_DISPLAY_IMPLEMENTATION: u32 = 3;
 /// How long a protocol error, frame callback or due release may take (the guest is slow).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Break one rule of linux-drm-syncobj-v1 and check the compositor's answer.
+/// Break one rule of linux-drm-syncobj-v1 (or zwp_linux_explicit_synchronization_v1) and check
+/// the compositor's answer.
 #[derive(Parser, Clone, Debug)]
 #[command(
     name = NAME,
@@ -136,6 +142,7 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
     };
     let (as_expected, observed) = match scenario {
         Scenario::NotATimeline => not_a_timeline(args)?,
+        Scenario::V1RewritesBeforeRelease => v1_rewrites_before_release(args)?,
         _ => {
             let mut stage = Stage::open(args)?;
             match scenario {
@@ -150,7 +157,9 @@ pub fn run(args: &Args) -> anyhow::Result<Outcome> {
                     disconnect_with_points_pending(stage, args)?
                 }
                 Scenario::FloodCommits => flood_commits(&mut stage, args)?,
-                Scenario::NotATimeline => unreachable!("handled above"),
+                Scenario::NotATimeline | Scenario::V1RewritesBeforeRelease => {
+                    unreachable!("handled above")
+                }
             }
         }
     };
@@ -235,20 +244,25 @@ struct Stage {
     sync: WpLinuxDrmSyncobjSurfaceV1,
 }
 
+/// The window every scenario draws in.
+fn open_window(args: &Args) -> anyhow::Result<DmabufWindow> {
+    let window_args = DmabufWindowArgs {
+        display: args.display.clone(),
+        size: args.size,
+        color: None,
+        frames: None,
+        buffers: 2,
+        device: args.device.clone(),
+        allocator: args.allocator,
+        title: args.scenario.map(|s| format!("{NAME} {}", s.name())),
+        fullscreen: false,
+    };
+    DmabufWindow::open(&window_args, NAME)
+}
+
 impl Stage {
     fn open(args: &Args) -> anyhow::Result<Stage> {
-        let window_args = DmabufWindowArgs {
-            display: args.display.clone(),
-            size: args.size,
-            color: None,
-            frames: None,
-            buffers: 2,
-            device: args.device.clone(),
-            allocator: args.allocator,
-            title: args.scenario.map(|s| format!("{NAME} {}", s.name())),
-            fullscreen: false,
-        };
-        let win = DmabufWindow::open(&window_args, NAME)?;
+        let win = open_window(args)?;
         let manager = bind_manager(&win.client)?;
         let (device, _) = open_timeline_device(args.device.as_deref(), win.device.as_ref())?;
         let sync = manager.get_surface(&win.surface, win.client.qh(), IgnoreEvents);
@@ -630,4 +644,89 @@ fn flood_commits(stage: &mut Stage, args: &Args) -> anyhow::Result<(bool, String
     } else {
         (false, format!("{summary}; but {}", problems.join("; ")))
     })
+}
+
+/// How long after its commit v1-rewrites-before-release signals the pending acquire fence.
+const V1_ACQUIRE_DELAY: Duration = Duration::from_millis(100);
+
+fn v1_rewrites_before_release(args: &Args) -> anyhow::Result<(bool, String)> {
+    // Before connecting: the pending acquire fence needs vgem.
+    let vgem = drm_nodes::open_vgem().context("the pending acquire fence is a vgem fence")?;
+    let mut win = open_window(args)?;
+    let manager: ZwpLinuxExplicitSynchronizationV1 = win.client.bind_global(2, IgnoreEvents)?;
+    let sync = manager.get_synchronization(&win.surface, win.client.qh(), IgnoreEvents);
+    let (mut pixels, buffer) = win.new_buffer()?;
+    let (w, h) = win.size;
+    pixels.write(&solid(w, h, FIRST_COLOR))?;
+
+    // Shown right: a signalled acquire fence (the idle buffer's), a release asked for.
+    sync.set_acquire_fence(signalled_sync_file(pixels.dmabuf())?.as_fd());
+    let mut owed = ReleaseSlot::default();
+    let _first: ZwpLinuxBufferReleaseV1 = sync.get_release(win.client.qh(), owed.clone());
+    let before = win.commit(&buffer)?;
+    win.wait_frame(before, ANSWER_TIMEOUT)
+        .context("a correctly synced first buffer was not shown")?;
+
+    let mut worker = FenceWorker::spawn("misbehave-v1-gpu")?;
+    let mut observed = Vec::new();
+    let mut as_expected = true;
+    for (round, pending) in [(1, false), (2, true)] {
+        win.client.roundtrip()?;
+        let released_before = owed.arrived();
+        // The misbehaviour: the buffer is on screen, its release not sent.
+        pixels.write(&solid(w, h, REWRITE_COLOR ^ round))?;
+        // The write's fence: a vgem fence, signalled now (the write is done) or after the commit.
+        let mut fence = PendingFence::new(&vgem).context("a vgem acquire fence")?;
+        if !pending {
+            fence.signal().context("signalling a vgem fence")?;
+        }
+        sync.set_acquire_fence(fence.sync_file.as_fd());
+        let next = ReleaseSlot::default();
+        let _release: ZwpLinuxBufferReleaseV1 = sync.get_release(win.client.qh(), next.clone());
+        let before = win.commit(&buffer)?;
+        worker.after(V1_ACQUIRE_DELAY, "the rewrite's acquire fence", move || {
+            fence.signal()
+        });
+        let heard = listen(&mut win.client, ANSWER_TIMEOUT, |s| {
+            s.windows.iter().any(|w| w.frames_done > before)
+        });
+        worker.check()?;
+        let acquire = if pending {
+            "an acquire fence signalled after the commit"
+        } else {
+            "a signalled acquire fence"
+        };
+        let (right, what) = match heard {
+            Heard::Condition if released_before => (
+                false,
+                "but the buffer on screen had been released before the rewrite".to_owned(),
+            ),
+            Heard::Condition => {
+                let slot = owed.clone();
+                match win
+                    .client
+                    .dispatch_until(ANSWER_TIMEOUT, "the release", |_| slot.arrived())
+                {
+                    Ok(()) => (
+                        true,
+                        "no protocol error, the frame was shown and the previous commit's \
+                         release came after it"
+                            .to_owned(),
+                    ),
+                    Err(err) => (
+                        false,
+                        format!("shown, but no release of the previous commit: {err:#}"),
+                    ),
+                }
+            }
+            other => (false, other.to_string()),
+        };
+        as_expected &= right;
+        observed.push(format!(
+            "rewrite {round}, on screen and unreleased, committed again with {acquire}: {what}"
+        ));
+        owed = next;
+    }
+    drop(worker);
+    Ok((as_expected, observed.join("; ")))
 }

@@ -9,22 +9,18 @@ use smithay::reexports::wayland_protocols::wp::linux_drm_syncobj::v1::server::{
     wp_linux_drm_syncobj_surface_v1::{self, WpLinuxDrmSyncobjSurfaceV1},
     wp_linux_drm_syncobj_timeline_v1::{self, WpLinuxDrmSyncobjTimelineV1},
 };
-use smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_server::{
     Client, DataInit, Dispatch, DisplayHandle, GlobalDispatch, New, Resource,
 };
 use smithay::wayland::compositor::{
-    add_destruction_hook, add_pre_commit_hook, with_states, BufferAssignment, SurfaceAttributes,
-    SurfaceData,
+    add_destruction_hook, add_pre_commit_hook, with_states, SurfaceData,
 };
 
 use crate::attachment::pending_attachment;
 use crate::surface_link;
 
-use super::validation::{
-    error_message, validate_commit, Attachment, PointKey, TimelineKey, Verdict,
-};
+use super::validation::{error_message, validate_commit, Attachment, PointKey, TimelineKey};
 use super::{
     DrmSyncobjCachedState, DrmSyncobjGlobalData, DrmSyncobjHandler, DrmSyncobjState,
     DrmSyncobjSurfaceData, DrmSyncobjTimelineData, ReleaseCounters, ReleasePoint,
@@ -287,50 +283,30 @@ pub(super) fn pending_commit(
 /// records whether the commit replaces the buffer and, while a syncobj surface object exists,
 /// raises the commit errors of the protocol on it.
 fn commit_hook<D: DrmSyncobjHandler + 'static>(
-    state: &mut D,
+    _state: &mut D,
     _dh: &DisplayHandle,
     surface: &WlSurface,
 ) {
-    let synced = with_states(surface, |states| {
+    with_states(surface, |states| {
         let (attachment, acquire, release) = pending_commit(states);
-        let mut cached = states.cached_state.get::<DrmSyncobjCachedState>();
-        cached.pending().replaces_buffer = attachment.replaces_buffer();
+        states
+            .cached_state
+            .get::<DrmSyncobjCachedState>()
+            .pending()
+            .replaces_buffer = attachment.replaces_buffer();
 
-        let object = surface_link::linked::<WpLinuxDrmSyncobjSurfaceV1>(states)?;
+        let Some(object) = surface_link::linked::<WpLinuxDrmSyncobjSurfaceV1>(states) else {
+            return;
+        };
         let keys = (
             acquire.as_ref().map(point_key),
             release.as_ref().map(point_key),
         );
-        match validate_commit(attachment, keys.0, keys.1) {
-            Ok(Verdict::Synced) => {
-                let released_at = cached.pending().release_point.as_ref()?.released_at()?;
-                drop(cached);
-                Some((pending_buffer(states)?, release?.point(), released_at))
-            }
-            Ok(_) => None,
-            Err(error) => {
-                tracing::debug!(surface = %surface.id(), %error, "linux-drm-syncobj-v1 commit error");
-                object.post_error(error.code(), error_message(error, keys.0, keys.1));
-                None
-            }
+        if let Err(error) = validate_commit(attachment, keys.0, keys.1) {
+            tracing::debug!(surface = %surface.id(), %error, "linux-drm-syncobj-v1 commit error");
+            object.post_error(error.code(), error_message(error, keys.0, keys.1));
         }
     });
-    if let (Some((buffer, release, released_at)), Some(syncobj_state)) =
-        (synced, state.drm_syncobj_state())
-    {
-        syncobj_state
-            .buffer_reuse
-            .committed(surface, &buffer, release, released_at);
-    }
-}
-
-/// The buffer the pending commit attaches, if any.
-fn pending_buffer(states: &SurfaceData) -> Option<WlBuffer> {
-    let mut attributes = states.cached_state.get::<SurfaceAttributes>();
-    match &attributes.pending().buffer {
-        Some(BufferAssignment::NewBuffer(buffer)) => Some(buffer.clone()),
-        _ => None,
-    }
 }
 
 /// Destruction hook: every release point of the surface is due now, pending, current or in a

@@ -24,6 +24,12 @@
 //!   source, no blocker. A point that does not signal within a timeout (1 s by default) is
 //!   reported (a warning naming client and surface, [`AcquireStats::timed_out`]) while the surface
 //!   keeps showing its last content; later commits of that surface queue behind it, in order.
+//! * **Buffer reuse**, measured by that wait ([`DrmSyncobjState::buffer_reuse_stats`]): a buffer
+//!   committed again is fine, even before its release point signalled (GPU work may wait for
+//!   it); its new acquire point signalling before the release took effect (the point signalled,
+//!   or the render fence imported into it signalled) means the client finished writing a buffer
+//!   the compositor could still read. Only a weak handle of the acquire fence and, while it is
+//!   pending, the frame's render fence are kept: no syncobj handle.
 //!
 //! # Decisions the protocol leaves open
 //!
@@ -76,7 +82,6 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-mod buffer_reuse;
 mod dispatch;
 mod release;
 pub mod validation;
@@ -94,7 +99,7 @@ use smithay::reexports::wayland_server::{Client, DisplayHandle, GlobalDispatch, 
 use smithay::wayland::compositor::Cacheable;
 
 pub use crate::acquire_wait::AcquireStats;
-pub use buffer_reuse::BufferReuseStats;
+pub use crate::buffer_reuse::BufferReuseStats;
 pub use release::{ReleaseCounters, ReleasePoint, ReleaseStats};
 pub use wait::{wait_for_acquire_points, DEFAULT_ACQUIRE_TIMEOUT};
 
@@ -121,7 +126,7 @@ pub struct DrmSyncobjState {
     stats: AcquireStats,
     release_counters: Arc<ReleaseCounters>,
     pub(crate) binds: u64,
-    pub(crate) buffer_reuse: buffer_reuse::BufferReuse,
+    pub(crate) buffer_reuse: crate::buffer_reuse::BufferReuse,
 }
 
 /// The import device cannot wait for timeline points without a thread, so the global must not
@@ -245,9 +250,11 @@ impl DrmSyncobjState {
         self.binds
     }
 
-    /// How clients reused their buffers: after the release point signalled, or before.
+    /// How clients reused their buffers: whether each write finished after fencegate's release
+    /// of the buffer's previous commit took effect (see [`BufferReuseStats`]). Measured by
+    /// [`wait_for_acquire_points`].
     pub fn buffer_reuse_stats(&self) -> BufferReuseStats {
-        self.buffer_reuse.stats().clone()
+        self.buffer_reuse.stats()
     }
 
     /// Every release point clients have set so far, and how each was signalled: after a

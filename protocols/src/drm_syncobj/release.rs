@@ -43,12 +43,12 @@
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::sync::Arc;
 
 use fence_bridge::{SyncFile, SyncobjPoint};
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 
+use crate::buffer_reuse::{BufferUse, RenderFence};
 use crate::owed::{Owed, Settle};
 use crate::release_fence::ReleaseFence;
 
@@ -66,8 +66,8 @@ pub(crate) struct Debt {
     sampled: Option<ReleaseFence>,
     /// Where to count how the point was released.
     counters: Option<Arc<ReleaseCounters>>,
-    /// When it was released (signalled, or given the fence to signal after).
-    released_at: Arc<OnceLock<Instant>>,
+    /// The buffer's use this point ends: told when the release is made, and what it waits for.
+    used: Arc<BufferUse>,
 }
 
 /// How many release points were taken on and how they were signalled (see [`ReleaseCounters`]).
@@ -133,7 +133,7 @@ impl ReleasePoint {
                 point,
                 sampled: None,
                 counters: None,
-                released_at: Arc::default(),
+                used: Arc::default(),
             }),
         }
     }
@@ -146,7 +146,7 @@ impl ReleasePoint {
                 point,
                 sampled: None,
                 counters: Some(counters),
-                released_at: Arc::default(),
+                used: Arc::default(),
             }),
         }
     }
@@ -179,9 +179,10 @@ impl ReleasePoint {
         self.owed.with(|debt| debt.and_then(|d| d.sampled.clone()))
     }
 
-    /// Where the time of its release will be written; `None` once it has been released.
-    pub(crate) fn released_at(&self) -> Option<Arc<OnceLock<Instant>>> {
-        self.owed.with(|debt| debt.map(|d| d.released_at.clone()))
+    /// The buffer use this point ends, told of the release when it is made (buffer-reuse
+    /// tracking); `None` once it has been released.
+    pub(crate) fn buffer_use(&self) -> Option<Arc<BufferUse>> {
+        self.owed.with(|debt| debt.map(|d| d.used.clone()))
     }
 
     /// The point owed; `None` once it has been signalled (its surface was destroyed).
@@ -217,29 +218,47 @@ impl ReleasePoint {
     /// beats one that never comes) and the import error is returned.
     pub fn signal_after(self, fence: &SyncFile) -> io::Result<()> {
         match self.owed.take() {
-            Some(debt) => debt.signal_after(fence),
+            Some(debt) => {
+                // Buffer-reuse tracking may need the fence after the import, while it is pending.
+                let kept = fence
+                    .try_clone()
+                    .ok()
+                    .map(|f| Arc::new(f) as Arc<dyn RenderFence>);
+                debt.signal_after(fence, kept)
+            }
             None => Ok(()),
         }
     }
 
     /// Gives up the obligation without signalling, returning the point (`None` if it was
     /// signalled already). For a caller that hands the duty to something else that signals it
-    /// (e.g. a KMS out-fence import); the point is then that caller's to signal.
+    /// (e.g. a KMS out-fence import); the point is then that caller's to signal. Buffer-reuse
+    /// tracking, which cannot know when that is, counts the release as taking effect now: a
+    /// write that finishes between now and the caller's signal is not seen.
     pub fn into_point(self) -> Option<SyncobjPoint> {
-        self.owed.take().map(|debt| debt.point)
+        self.owed.take().map(|debt| {
+            debt.used.released(None);
+            debt.point
+        })
     }
 }
 
 impl Debt {
     fn release(mut self) -> io::Result<()> {
         match self.sampled.take() {
-            Some(ReleaseFence::Rendered(fence)) => self.signal_after(&fence),
+            Some(ReleaseFence::Rendered(fence)) => {
+                let kept: Arc<dyn RenderFence> = fence.clone();
+                self.signal_after(&fence, Some(kept))
+            }
             Some(ReleaseFence::Scanout(scanout)) => {
                 // Paid when the commit that takes the buffer off screen is made (see
                 // `crate::release_fence`); failures are logged there, as for a settle.
                 scanout.then(move |fence| {
                     let result = match fence {
-                        Some(fence) => self.signal_after(fence),
+                        Some(fence) => {
+                            let kept: Arc<dyn RenderFence> = fence.clone();
+                            self.signal_after(fence, Some(kept))
+                        }
                         None => self.signal(),
                     };
                     if let Err(err) = result {
@@ -253,13 +272,17 @@ impl Debt {
     }
 
     fn signal(self) -> io::Result<()> {
-        let _ = self.released_at.set(Instant::now());
+        // Before the signal: the client cannot have seen the release yet.
+        self.used.released(None);
         count(&self.counters, |c| &c.cpu_signaled);
         self.point.signal()
     }
 
-    fn signal_after(self, fence: &SyncFile) -> io::Result<()> {
-        let _ = self.released_at.set(Instant::now());
+    /// Imports `fence` into the point; `kept` is the same fence for buffer-reuse tracking.
+    fn signal_after(self, fence: &SyncFile, kept: Option<Arc<dyn RenderFence>>) -> io::Result<()> {
+        // Before the import: the client cannot have seen the release yet. The release takes
+        // effect when the fence signals.
+        self.used.released(kept);
         let point = &self.point;
         match point.syncobj().import_sync_file(point.point(), fence) {
             Ok(()) => {
@@ -271,6 +294,7 @@ impl Debt {
                     "importing a render fence into a release point failed; signalling it now");
                 count(&self.counters, |c| &c.import_failed);
                 count(&self.counters, |c| &c.cpu_signaled);
+                self.used.took_effect_now();
                 if let Err(err) = point.signal() {
                     // The syncobj is ours (an imported handle): a kernel or device failure.
                     tracing::error!(%err, point = point.point(),

@@ -9,7 +9,9 @@
 //!    after this one; a commit it rejects is never waited for).
 //! 3. The acquire point becomes a fence_bridge [`Fence`](fence_bridge::Fence) and goes to the
 //!    wait machinery shared with zwp_linux_explicit_synchronization_v1
-//!    ([`crate::acquire_wait`]). Already signalled — one `DRM_IOCTL_SYNCOBJ_QUERY` — means no
+//!    ([`crate::acquire_wait`]). A commit that reuses a buffer is also handed to the
+//!    buffer-reuse tracking ([`DrmSyncobjState::buffer_reuse_stats`]), which judges its write
+//!    when the point is seen signalled. Already signalled — one `DRM_IOCTL_SYNCOBJ_QUERY` — means no
 //!    blocker, no eventfd, no loop source; the commit applies at once.
 //! 4. Otherwise a Smithay [`Barrier`](smithay::wayland::compositor::Barrier) is added as the
 //!    commit's blocker and the source (one syncobj eventfd) goes into the loop. When the point
@@ -31,6 +33,7 @@
 //! ([`AcquireStats::abandoned`]) and its eventfd closed.
 //!
 //! [`DrmSyncobjState::acquire_timeout`]: super::DrmSyncobjState::acquire_timeout
+//! [`DrmSyncobjState::buffer_reuse_stats`]: super::DrmSyncobjState::buffer_reuse_stats
 
 use smithay::reexports::calloop::LoopHandle;
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
@@ -40,9 +43,11 @@ use smithay::wayland::compositor::{add_pre_commit_hook, with_states, CompositorH
 pub use crate::acquire_wait::DEFAULT_ACQUIRE_TIMEOUT;
 use crate::acquire_wait::{block_commit_with_action, What};
 
+use crate::attachment::pending_buffer;
+
 use super::dispatch::{pending_commit, point_key};
 use super::validation::{validate_commit, Verdict};
-use super::{AcquireStats, DrmSyncobjCachedState, DrmSyncobjHandler};
+use super::{AcquireStats, DrmSyncobjCachedState, DrmSyncobjHandler, ReleasePoint};
 
 /// Holds every commit of `surface` that carries an unsignalled acquire point until the point
 /// signals (see the [module docs](self)). Call it once per surface, from
@@ -72,7 +77,7 @@ pub fn add_acquire_blocker<D>(
 ) where
     D: DrmSyncobjHandler + CompositorHandler + 'static,
 {
-    let acquire = with_states(surface, |states| {
+    let commit = with_states(surface, |states| {
         if !states.cached_state.has::<DrmSyncobjCachedState>() {
             return None; // never used the extension
         }
@@ -82,16 +87,34 @@ pub fn add_acquire_blocker<D>(
             acquire.as_ref().map(point_key),
             release.as_ref().map(point_key),
         );
-        (verdict == Ok(Verdict::Synced))
-            .then_some(acquire)
-            .flatten()
+        if verdict != Ok(Verdict::Synced) {
+            return None;
+        }
+        let this_use = states
+            .cached_state
+            .get::<DrmSyncobjCachedState>()
+            .pending()
+            .release_point
+            .as_ref()
+            .and_then(ReleasePoint::buffer_use);
+        Some((acquire?, pending_buffer(states), this_use))
     });
-    let Some(acquire) = acquire else {
+    let Some((acquire, buffer, this_use)) = commit else {
         return;
     };
     let Some(syncobj_state) = state.drm_syncobj_state() else {
         return;
     };
+    let fence = acquire.fence();
+    let reuse = buffer.and_then(|buffer| {
+        syncobj_state.buffer_reuse.committed(
+            "linux-drm-syncobj-v1",
+            surface,
+            &buffer,
+            Some(&fence),
+            this_use,
+        )
+    });
     let timeout = (syncobj_state.acquire_timeout, syncobj_state.timeout_action);
     let what = What {
         kind: "acquire point",
@@ -102,10 +125,11 @@ pub fn add_acquire_blocker<D>(
         dh,
         surface,
         loop_handle,
-        acquire.fence(),
+        fence,
         timeout,
         what,
         stats::<D>,
+        reuse,
     );
 }
 

@@ -1,6 +1,6 @@
 //! Requests of zwp_linux_explicit_synchronization_v1 and the surface hooks that check commits.
 
-use fence_bridge::SyncFile;
+use fence_bridge::{Ktime, SyncFile};
 use smithay::reexports::wayland_protocols::wp::linux_explicit_synchronization::zv1::server::{
     zwp_linux_buffer_release_v1::{self, ZwpLinuxBufferReleaseV1},
     zwp_linux_explicit_synchronization_v1::{self, ZwpLinuxExplicitSynchronizationV1},
@@ -143,22 +143,25 @@ where
                     })
                 });
                 let sync_file = SyncFile::from_fd(fd);
-                let mut status = None;
+                let mut info = None;
                 let checked = validate_set_acquire_fence(surface.is_some(), fence_pending, || {
-                    // One SYNC_IOC_FILE_INFO: is it a sync_file, and has it signalled?
-                    status = sync_file.status().ok();
-                    status.is_some()
+                    // One SYNC_IOC_FILE_INFO: is it a sync_file, has it signalled, and when?
+                    info = sync_file.info().ok();
+                    info.is_some()
                 });
                 if let Err(error) = checked {
                     post_request_error(object, error, "set_acquire_fence");
                     return;
                 }
-                let (Some(surface), Some(status)) = (surface, status) else {
+                let (Some(surface), Some(info)) = (surface, info) else {
                     unreachable!("validated above");
                 };
                 let acquire = AcquireFence {
                     fence: sync_file.into_fence(),
-                    signaled_when_set: status.is_signaled(),
+                    signaled_at: info
+                        .status
+                        .is_signaled()
+                        .then(|| crate::buffer_reuse::acquired_at(&info, Ktime::now())),
                 };
                 with_states(&surface, |states| {
                     states

@@ -33,6 +33,10 @@
 //!   blocking the loop. An acquire fence found signalled when it is set costs that one
 //!   `SYNC_IOC_FILE_INFO` (the same that checks the fd) and nothing else: no poll fd, no loop
 //!   source, no blocker.
+//! * **Buffer reuse**, measured as for drm_syncobj ([`ExplicitSyncState::buffer_reuse_stats`]):
+//!   a buffer committed again with an acquire fence that signalled before the release of its
+//!   previous commit took effect (`immediate_release` sent, or the `fenced_release` fence
+//!   signalled) was rewritten while the compositor could still read it.
 //!
 //! # Decisions the protocol leaves open
 //!
@@ -83,7 +87,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fence_bridge::Fence;
+use fence_bridge::{Fence, Ktime};
 use smithay::reexports::wayland_protocols::wp::linux_explicit_synchronization::zv1::server::zwp_linux_buffer_release_v1::ZwpLinuxBufferReleaseV1;
 use smithay::reexports::wayland_protocols::wp::linux_explicit_synchronization::zv1::server::zwp_linux_explicit_synchronization_v1::ZwpLinuxExplicitSynchronizationV1;
 use smithay::reexports::wayland_server::backend::GlobalId;
@@ -92,6 +96,7 @@ use smithay::reexports::wayland_server::{Client, DisplayHandle, GlobalDispatch, 
 use smithay::wayland::compositor::Cacheable;
 
 pub use crate::acquire_wait::{AcquireStats, DEFAULT_ACQUIRE_TIMEOUT};
+pub use crate::buffer_reuse::BufferReuseStats;
 pub use release::{BufferRelease, BufferReleaseCounters, BufferReleaseData, BufferReleaseStats};
 pub use wait::wait_for_acquire_fences;
 
@@ -121,6 +126,7 @@ pub struct ExplicitSyncState {
     owed: Vec<ZwpLinuxBufferReleaseV1>,
     release_counters: Arc<BufferReleaseCounters>,
     pub(crate) binds: u64,
+    pub(crate) buffer_reuse: crate::buffer_reuse::BufferReuse,
 }
 
 impl ExplicitSyncState {
@@ -155,6 +161,7 @@ impl ExplicitSyncState {
             owed: Vec::new(),
             release_counters: Arc::default(),
             binds: 0,
+            buffer_reuse: Default::default(),
         }
     }
 
@@ -199,6 +206,14 @@ impl ExplicitSyncState {
     /// Release objects whose event has not been sent yet (of live clients).
     pub fn releases_owed(&self) -> usize {
         self.owed.iter().filter(|o| owes(o)).count()
+    }
+
+    /// How clients reused their buffers: whether each write finished after the release of the
+    /// buffer's previous commit took effect (`immediate_release` sent, or the `fenced_release`
+    /// fence signalled; see [`BufferReuseStats`]). Counts commits with an acquire fence of buffers
+    /// whose previous commit asked for a release. Measured by [`wait_for_acquire_fences`].
+    pub fn buffer_reuse_stats(&self) -> BufferReuseStats {
+        self.buffer_reuse.stats()
     }
 
     /// Every release asked for so far, and which event each got.
@@ -280,7 +295,9 @@ impl SurfaceSyncData {
 #[derive(Debug, Clone)]
 pub struct AcquireFence {
     fence: Fence,
-    signaled_when_set: bool,
+    /// When it signalled, if it had when set: the kernel's timestamp (or the time it was set,
+    /// for the kernel's stub fence).
+    signaled_at: Option<Ktime>,
 }
 
 impl AcquireFence {
@@ -291,7 +308,7 @@ impl AcquireFence {
 
     /// Whether the fence had signalled when the client set it.
     pub fn signaled_when_set(&self) -> bool {
-        self.signaled_when_set
+        self.signaled_at.is_some()
     }
 }
 

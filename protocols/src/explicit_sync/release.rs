@@ -42,6 +42,7 @@ use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_protocols::wp::linux_explicit_synchronization::zv1::server::zwp_linux_buffer_release_v1::ZwpLinuxBufferReleaseV1;
 use smithay::reexports::wayland_server::Resource;
 
+use crate::buffer_reuse::{BufferUse, RenderFence};
 use crate::owed::{Owed, Settle};
 use crate::release_fence::ReleaseFence;
 
@@ -144,6 +145,8 @@ pub(crate) struct Debt {
     /// The fence of the last frame that read the buffer.
     sampled: Option<ReleaseFence>,
     counters: Arc<BufferReleaseCounters>,
+    /// The buffer's use this release ends: told when the event is sent, and what it waits for.
+    used: Arc<BufferUse>,
 }
 
 impl BufferRelease {
@@ -159,6 +162,7 @@ impl BufferRelease {
                 object,
                 sampled: None,
                 counters,
+                used: Arc::default(),
             }),
         }
     }
@@ -186,6 +190,12 @@ impl BufferRelease {
         self.owed.with(|debt| debt.and_then(|d| d.sampled.clone()))
     }
 
+    /// The buffer use this release ends, told of the release when its event goes out
+    /// (buffer-reuse tracking); `None` once it went out.
+    pub(crate) fn buffer_use(&self) -> Option<Arc<BufferUse>> {
+        self.owed.with(|debt| debt.map(|d| d.used.clone()))
+    }
+
     /// The release object; `None` once its event went out (its surface was destroyed).
     pub fn object(&self) -> Option<ZwpLinuxBufferReleaseV1> {
         self.owed.with(|debt| debt.map(|d| d.object.clone()))
@@ -200,32 +210,45 @@ impl BufferRelease {
     /// Sends `immediate_release` now, ignoring any recorded fence: for a caller that knows the
     /// compositor has finished with the buffer.
     pub fn immediate(self) -> bool {
-        self.owed.take().is_some_and(|debt| debt.send(None))
+        self.owed.take().is_some_and(|debt| debt.send(None, None))
     }
 
     /// Sends `fenced_release` with `fence` now: the buffer may be reused once the fence signals.
     /// The caller keeps `fence` (the event carries a duplicate of the fd).
     pub fn fenced(self, fence: &SyncFile) -> bool {
-        self.owed.take().is_some_and(|debt| debt.send(Some(fence)))
+        self.owed.take().is_some_and(|debt| {
+            // Buffer-reuse tracking may need the fence after the event, while it is pending.
+            let kept = fence
+                .try_clone()
+                .ok()
+                .map(|f| Arc::new(f) as Arc<dyn RenderFence>);
+            debt.send(Some(fence), kept)
+        })
     }
 }
 
 impl Debt {
     fn send_sampled(mut self) -> bool {
         match self.sampled.take() {
-            Some(ReleaseFence::Rendered(fence)) => self.send(Some(&fence)),
+            Some(ReleaseFence::Rendered(fence)) => {
+                let kept: Arc<dyn RenderFence> = fence.clone();
+                self.send(Some(&fence), Some(kept))
+            }
             Some(ReleaseFence::Scanout(scanout)) => {
                 // Sent when the commit that takes the buffer off screen is made.
                 scanout.then(move |fence| {
-                    self.send(fence);
+                    let kept = fence.map(|fence| fence.clone() as Arc<dyn RenderFence>);
+                    self.send(fence.map(|fence| &**fence), kept);
                 });
                 true
             }
-            None => self.send(None),
+            None => self.send(None, None),
         }
     }
 
-    fn send(self, fence: Option<&SyncFile>) -> bool {
+    /// Sends `fenced_release` with `fence` (`kept`: the same fence, for buffer-reuse tracking),
+    /// or `immediate_release` without one.
+    fn send(self, fence: Option<&SyncFile>, kept: Option<Arc<dyn RenderFence>>) -> bool {
         let object = &self.object;
         if !object.is_alive() {
             self.counters.client_gone.fetch_add(1, Ordering::Relaxed);
@@ -234,6 +257,8 @@ impl Debt {
         if !claim(object) {
             return false; // swept at shutdown already, and counted there
         }
+        // Before the event: the client cannot have seen the release yet.
+        self.used.released(kept);
         match fence {
             Some(fence) => {
                 object.fenced_release(fence.as_fd());
