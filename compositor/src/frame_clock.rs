@@ -122,7 +122,10 @@ impl State {
 impl Core {
     /// The presentation feedback of every surface this frame showed, to answer when it is
     /// on screen ([`Backend::present`](crate::backend::Backend::present)).
-    fn presentation_feedback(&mut self, states: &RenderElementStates) -> OutputPresentationFeedback {
+    fn presentation_feedback(
+        &mut self,
+        states: &RenderElementStates,
+    ) -> OutputPresentationFeedback {
         let output = &self.output;
         let mut feedback = OutputPresentationFeedback::new(output);
         for window in self.space.elements() {

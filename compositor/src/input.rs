@@ -88,7 +88,11 @@ impl State {
     }
 
     /// Moves the pointer to `location` (space coordinates), focusing the surface under it.
-    fn pointer_to(&mut self, location: smithay::utils::Point<f64, smithay::utils::Logical>, time: u32) {
+    fn pointer_to(
+        &mut self,
+        location: smithay::utils::Point<f64, smithay::utils::Logical>,
+        time: u32,
+    ) {
         let Some(pointer) = self.core.seat.get_pointer() else {
             return;
         };

@@ -116,16 +116,16 @@ fn build_state(
     let mut drm_sources = None;
     let (mut backend, winit_events) = match config.backend.resolve() {
         BackendChoice::Headless => (
-            Backend::Headless(Headless::new(
+            Backend::Headless(Box::new(Headless::new(
                 config.size.width,
                 config.size.height,
                 config.pixman,
-            )?),
+            )?)),
             None,
         ),
         BackendChoice::Winit => {
             let (winit, events) = Winit::new()?;
-            (Backend::Winit(winit), Some(events))
+            (Backend::Winit(Box::new(winit)), Some(events))
         }
         BackendChoice::Drm => {
             let (drm, sources) = Drm::new(config.drm_device.as_deref(), config.pixman)?;

@@ -11,7 +11,9 @@ use smithay::desktop::{PopupManager, Space, Window};
 use smithay::input::{Seat, SeatState};
 use smithay::output::Output;
 use smithay::reexports::calloop::{LoopHandle, LoopSignal};
-use smithay::reexports::wayland_server::backend::{ClientData, ClientId, DisconnectReason, GlobalId};
+use smithay::reexports::wayland_server::backend::{
+    ClientData, ClientId, DisconnectReason, GlobalId,
+};
 use smithay::reexports::wayland_server::DisplayHandle;
 
 use crate::client_log::ClientLog;

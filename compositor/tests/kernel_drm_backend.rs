@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use common::drm_session::{DrmSession, SeatedChild, SeatedCommand};
 use common::kms_readback::{read_atomic_state, read_framebuffers, read_scanouts_at, Scanout};
 use common::leak_probe::{dma_buf_count, open_fds};
-use common::{find_drm_node, fencegate_bin, require_device};
+use common::{fencegate_bin, find_drm_node, require_device};
 
 use fence_bridge::{DrmDevice, FenceStatus};
 use fencegate_clients::dmabuf_window::{DmabufWindow, FrameWait};
@@ -142,7 +142,11 @@ fn fencegate_on_virtio_gpu(tag: &str) -> Option<(Fencegate, PathBuf)> {
 fn explicit_sync(
     win: &DmabufWindow,
     card: &Path,
-) -> (WpLinuxDrmSyncobjManagerV1, DrmDevice, WpLinuxDrmSyncobjSurfaceV1) {
+) -> (
+    WpLinuxDrmSyncobjManagerV1,
+    DrmDevice,
+    WpLinuxDrmSyncobjSurfaceV1,
+) {
     let manager = bind_manager(&win.client).expect("linux-drm-syncobj-v1");
     let (device, _) = open_timeline_device(Some(card), win.device.as_ref()).expect("timelines");
     let sync = manager.get_surface(&win.surface, win.client.qh(), IgnoreEvents);
@@ -210,7 +214,11 @@ fn a_client_window_is_on_the_screen() {
 
     let shown = scanout(&card);
     let image = shown.image.expect("the primary plane has a framebuffer");
-    let count = image.pixels.iter().filter(|&&p| p & 0xff_ffff == color).count();
+    let count = image
+        .pixels
+        .iter()
+        .filter(|&&p| p & 0xff_ffff == color)
+        .count();
     assert_eq!(
         count,
         (size.0 * size.1) as usize,
@@ -237,7 +245,10 @@ fn a_fullscreen_dmabuf_is_scanned_out_and_released_by_the_next_flip() {
         let image = s.image.expect("a frame before the client's");
         (image.width, image.height)
     };
-    assert_eq!(win.size, mode, "the fullscreen configure has the mode's size");
+    assert_eq!(
+        win.size, mode,
+        "the fullscreen configure has the mode's size"
+    );
 
     let (manager, device, sync) = explicit_sync(&win, &card);
     let mut buffers = Vec::new();
@@ -255,7 +266,11 @@ fn a_fullscreen_dmabuf_is_scanned_out_and_released_by_the_next_flip() {
         pixels
             .write(&solid(win.size.0, win.size.1, colors[i]))
             .expect("draw");
-        set_points(&sync, Some((&timeline.object, 1)), Some((&timeline.object, 2)));
+        set_points(
+            &sync,
+            Some((&timeline.object, 1)),
+            Some((&timeline.object, 2)),
+        );
         timeline.syncobj.signal_point(1).expect("acquire signalled");
         presented.push(commit_and_wait_presented(&mut win, buffer));
         // The display shows the client's buffer itself.
@@ -268,7 +283,11 @@ fn a_fullscreen_dmabuf_is_scanned_out_and_released_by_the_next_flip() {
         );
         // Several frames may flip before the client's first buffer reaches the plane; after
         // that each presentation of a client buffer is zero-copy.
-        assert_ne!(presented[i].1 & ZERO_COPY, 0, "frame {i} presented zero-copy");
+        assert_ne!(
+            presented[i].1 & ZERO_COPY,
+            0,
+            "frame {i} presented zero-copy"
+        );
     }
     let log = fencegate.log();
     assert!(log.contains("drm: direct scanout"), "{log}");
@@ -277,7 +296,9 @@ fn a_fullscreen_dmabuf_is_scanned_out_and_released_by_the_next_flip() {
     // flip happened, with that flip's timestamp, not by the CPU afterwards.
     let first = &buffers[0].2.syncobj;
     wait_signalled(first, 2, GENEROUS).expect("the first buffer released");
-    let release = first.export_sync_file(2).expect("release point as a sync_file");
+    let release = first
+        .export_sync_file(2)
+        .expect("release point as a sync_file");
     let info = release.info().expect("SYNC_IOC_FILE_INFO");
     assert_eq!(info.status, FenceStatus::Signaled, "{info:?}");
     let released_at = info.fences[0]
@@ -352,7 +373,11 @@ fn a_stuck_surface_leaves_another_clients_frames_at_full_rate() {
     let (mut stuck_pixels, stuck_buffer) = stuck.new_buffer().expect("buffer");
     stuck_pixels.write(&solid(48, 48, 0xff0000)).expect("draw");
     let timeline = import_timeline(&stuck.client, &manager, &device).expect("timeline");
-    set_points(&sync, Some((&timeline.object, 1)), Some((&timeline.object, 2)));
+    set_points(
+        &sync,
+        Some((&timeline.object, 1)),
+        Some((&timeline.object, 2)),
+    );
     stuck.commit(&stuck_buffer).expect("commit");
     stuck.client.roundtrip().expect("roundtrip");
 
@@ -385,16 +410,28 @@ fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
         let (manager, device, sync) = explicit_sync(&win, &card);
         let timeline = import_timeline(&win.client, &manager, &device).expect("timeline");
         let (mut pixels, buffer) = win.new_buffer().expect("buffer");
-        pixels.write(&solid(win.size.0, win.size.1, color)).expect("draw");
-        set_points(&sync, Some((&timeline.object, 1)), Some((&timeline.object, 2)));
+        pixels
+            .write(&solid(win.size.0, win.size.1, color))
+            .expect("draw");
+        set_points(
+            &sync,
+            Some((&timeline.object, 1)),
+            Some((&timeline.object, 2)),
+        );
         timeline.syncobj.signal_point(1).expect("signal");
         commit_and_wait_presented(&mut win, &buffer);
         if leave_pending {
             // The next commit waits on a point that never signals; then the client is gone.
             let (mut pixels, buffer) = win.new_buffer().expect("buffer");
-            pixels.write(&solid(win.size.0, win.size.1, !color)).expect("draw");
+            pixels
+                .write(&solid(win.size.0, win.size.1, !color))
+                .expect("draw");
             let pending = import_timeline(&win.client, &manager, &device).expect("timeline");
-            set_points(&sync, Some((&pending.object, 1)), Some((&pending.object, 2)));
+            set_points(
+                &sync,
+                Some((&pending.object, 1)),
+                Some((&pending.object, 2)),
+            );
             win.commit(&buffer).expect("commit");
             win.client.roundtrip().expect("roundtrip");
         }
@@ -403,7 +440,9 @@ fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
     let count = || {
         (
             open_fds(pid).expect("fencegate's fds").len(),
-            read_framebuffers(&card).expect("debugfs framebuffers").len(),
+            read_framebuffers(&card)
+                .expect("debugfs framebuffers")
+                .len(),
             dma_buf_count().expect("dma-bufs"),
         )
     };
@@ -428,7 +467,10 @@ fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
     while count() != before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("fencegate's (fds, framebuffers, dma-bufs): {before:?} before, {:?} after", count());
+    eprintln!(
+        "fencegate's (fds, framebuffers, dma-bufs): {before:?} before, {:?} after",
+        count()
+    );
     assert_eq!(count(), before, "(fds, framebuffers, dma-bufs) as before");
     fencegate.stop();
 }
@@ -487,7 +529,11 @@ fn a_vt_switch_pauses_and_resumes_the_session() {
         return;
     };
     let active_vt = || std::fs::read_to_string("/sys/class/tty/tty0/active").unwrap_or_default();
-    assert_eq!(active_vt().trim(), "tty1", "the seat's VT is the active one");
+    assert_eq!(
+        active_vt().trim(),
+        "tty1",
+        "the seat's VT is the active one"
+    );
     let chvt = |vt: &str| {
         let ok = std::process::Command::new("busybox")
             .args(["chvt", vt])
@@ -499,15 +545,19 @@ fn a_vt_switch_pauses_and_resumes_the_session() {
     let fencegate = Fencegate::start(session, &card, "vt");
     let pid = fencegate.pid();
     let size = (40, 40);
-    let mut win = DmabufWindow::open(&fencegate.window_args(&card, size, false), "vt")
-        .expect("window");
+    let mut win =
+        DmabufWindow::open(&fencegate.window_args(&card, size, false), "vt").expect("window");
     let (mut pixels, buffer) = win.new_buffer().expect("buffer");
-    pixels.write(&solid(size.0, size.1, 0xffff00)).expect("draw");
+    pixels
+        .write(&solid(size.0, size.1, 0xffff00))
+        .expect("draw");
     commit_and_wait_presented(&mut win, &buffer);
     let count = || {
         (
             open_fds(pid).expect("fencegate's fds").len(),
-            read_framebuffers(&card).expect("debugfs framebuffers").len(),
+            read_framebuffers(&card)
+                .expect("debugfs framebuffers")
+                .len(),
         )
     };
     let before = count();
@@ -521,11 +571,17 @@ fn a_vt_switch_pauses_and_resumes_the_session() {
         fencegate.log().contains("drm: session resumed")
     });
     // The same surface and buffer, new content: shown after the resume.
-    pixels.write(&solid(size.0, size.1, 0xff00ff)).expect("draw");
+    pixels
+        .write(&solid(size.0, size.1, 0xff00ff))
+        .expect("draw");
     commit_and_wait_presented(&mut win, &buffer);
     eventually("the new content on screen", || {
         scanout(&card).image.is_some_and(|image| {
-            image.pixels.iter().filter(|&&p| p & 0xff_ffff == 0xff00ff).count()
+            image
+                .pixels
+                .iter()
+                .filter(|&&p| p & 0xff_ffff == 0xff00ff)
+                .count()
                 == (size.0 * size.1) as usize
         })
     });
@@ -533,8 +589,15 @@ fn a_vt_switch_pauses_and_resumes_the_session() {
     while count() != before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!("fencegate's (fds, framebuffers): {before:?} before the VT switch, {:?} after", count());
-    assert_eq!(count(), before, "(fds, framebuffers) as before the VT switch");
+    eprintln!(
+        "fencegate's (fds, framebuffers): {before:?} before the VT switch, {:?} after",
+        count()
+    );
+    assert_eq!(
+        count(),
+        before,
+        "(fds, framebuffers) as before the VT switch"
+    );
     drop(win);
     fencegate.stop();
 }
@@ -573,7 +636,11 @@ fn pending_client_fences_get_the_next_vblank_as_deadline() {
         "the client's run:\n{}",
         child.output()
     );
-    assert!(child.stdout().contains("frame 2 shown"), "{}", child.output());
+    assert!(
+        child.stdout().contains("frame 2 shown"),
+        "{}",
+        child.output()
+    );
     // SYNC_IOC_SET_DEADLINE = _IOW('>', 5, struct sync_set_deadline): strace names it, or
     // spells out the number where its tables predate Linux 6.5.
     let calls = std::fs::read_to_string(&trace).expect("strace's log");

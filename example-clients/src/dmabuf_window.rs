@@ -235,11 +235,14 @@ fn pick_modifier(linux_dmabuf: &LinuxDmabuf) -> anyhow::Result<u64> {
     )
 }
 
+/// What a client's `run` calls after each frame is shown; an error stops the run.
+pub type OnFrame<'a> = &'a mut dyn FnMut(&Shown) -> anyhow::Result<()>;
+
 /// The `main` of a binary over a dma-buf client's `run`: prints each frame as it is shown and
 /// the report, exits 0 after `--frames`, 1 on any error (clap exits 2 on bad arguments).
 pub fn binary_main<A, R>(
     name: &str,
-    run: fn(&A, &mut dyn FnMut(&Shown) -> anyhow::Result<()>) -> anyhow::Result<R>,
+    run: fn(&A, OnFrame<'_>) -> anyhow::Result<R>,
 ) -> std::process::ExitCode
 where
     A: clap::Parser,

@@ -162,7 +162,12 @@ impl SurfaceFeedback {
 
     /// The last complete feedback's tranche flagged `scanout`, if it had one.
     pub fn scanout_tranche(&self) -> Option<Tranche> {
-        self.data.lock().tranches.iter().find(|t| t.scanout).cloned()
+        self.data
+            .lock()
+            .tranches
+            .iter()
+            .find(|t| t.scanout)
+            .cloned()
     }
 }
 

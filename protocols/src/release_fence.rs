@@ -128,7 +128,9 @@ impl fmt::Debug for ScanoutFence {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &*self.state.lock().unwrap_or_else(PoisonError::into_inner) {
             State::Awaited(waiters) => write!(f, "ScanoutFence(awaited by {})", waiters.len()),
-            State::Resolved(fence) => write!(f, "ScanoutFence(resolved, fence: {})", fence.is_some()),
+            State::Resolved(fence) => {
+                write!(f, "ScanoutFence(resolved, fence: {})", fence.is_some())
+            }
         }
     }
 }

@@ -19,8 +19,8 @@ use crate::render::RenderedFrame;
 use crate::state::Core;
 
 pub enum Backend {
-    Headless(Headless),
-    Winit(Winit),
+    Headless(Box<Headless>),
+    Winit(Box<Winit>),
     Drm(Box<Drm>),
 }
 

@@ -24,8 +24,8 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use smithay::backend::allocator::dmabuf::{Dmabuf, WeakDmabuf};
-use smithay::backend::allocator::Buffer as _;
 use smithay::backend::allocator::gbm::GbmDevice;
+use smithay::backend::allocator::Buffer as _;
 use smithay::backend::drm::gbm::{framebuffer_from_dmabuf, GbmFramebuffer};
 use smithay::backend::drm::DrmDeviceFd;
 use smithay::backend::renderer::element::{
@@ -75,20 +75,17 @@ pub fn covers(core: &Core, window: &Window, area: Rectangle<i32, Logical>) -> bo
 
 /// The topmost window's surface, if it can be scanned out on an output covering `area`.
 pub fn candidate(core: &Core, area: Rectangle<i32, Logical>) -> Option<Candidate> {
-    let window = core
-        .space
-        .elements()
-        .rev()
-        .find(|window| {
-            core.space
-                .element_bbox(window)
-                .is_some_and(|bbox| bbox.overlaps(area))
-        })?;
+    let window = core.space.elements().rev().find(|window| {
+        core.space
+            .element_bbox(window)
+            .is_some_and(|bbox| bbox.overlaps(area))
+    })?;
     if !covers(core, window, area) {
         return None;
     }
     let surface = window.toplevel()?.wl_surface().clone();
-    if !get_children(&surface).is_empty() || PopupManager::popups_for_surface(&surface).next().is_some()
+    if !get_children(&surface).is_empty()
+        || PopupManager::popups_for_surface(&surface).next().is_some()
     {
         return None;
     }

@@ -127,7 +127,9 @@ impl KmsOutput {
         let resources = card.resource_handles().context("DRM resources")?;
         let mut connected = Vec::new();
         for &handle in resources.connectors() {
-            let info = card.get_connector(handle, true).context("probing a connector")?;
+            let info = card
+                .get_connector(handle, true)
+                .context("probing a connector")?;
             let name = format!("{}-{}", info.interface().as_str(), info.interface_id());
             if info.state() == connector::State::Connected && !info.modes().is_empty() {
                 connected.push((info, name));
@@ -215,10 +217,22 @@ impl KmsOutput {
         }
         let props = self.props;
         let mut commit = FencedCommit::new(card, fence_props);
-        commit.add_property(self.connector, props.connector_crtc_id, property::Value::CRTC(None))?;
-        commit.add_property(self.crtc, props.crtc_active, property::Value::Boolean(false))?;
+        commit.add_property(
+            self.connector,
+            props.connector_crtc_id,
+            property::Value::CRTC(None),
+        )?;
+        commit.add_property(
+            self.crtc,
+            props.crtc_active,
+            property::Value::Boolean(false),
+        )?;
         commit.add_property(self.crtc, props.crtc_mode_id, property::Value::Blob(0))?;
-        commit.add_property(self.plane, props.plane_fb_id, property::Value::Framebuffer(None))?;
+        commit.add_property(
+            self.plane,
+            props.plane_fb_id,
+            property::Value::Framebuffer(None),
+        )?;
         commit.add_property(self.plane, props.plane_crtc_id, property::Value::CRTC(None))?;
         commit.commit(AtomicCommitFlags::ALLOW_MODESET, 0)
     }
@@ -282,7 +296,14 @@ impl KmsOutput {
         if self.needs_modeset {
             flags |= AtomicCommitFlags::ALLOW_MODESET;
         }
-        if let Err(err) = self.commit(card, fence_props, framebuffer, in_fence, Some(&mut out_fence), flags) {
+        if let Err(err) = self.commit(
+            card,
+            fence_props,
+            framebuffer,
+            in_fence,
+            Some(&mut out_fence),
+            flags,
+        ) {
             if is_not_master(&err) {
                 // Master comes back with whatever another session left on the display.
                 self.needs_modeset = true;
@@ -360,7 +381,11 @@ impl KmsOutput {
                     property::Value::CRTC(Some(self.crtc)),
                 )?;
                 commit.add_property(self.crtc, props.crtc_mode_id, property::Value::Blob(blob))?;
-                commit.add_property(self.crtc, props.crtc_active, property::Value::Boolean(true))?;
+                commit.add_property(
+                    self.crtc,
+                    props.crtc_active,
+                    property::Value::Boolean(true),
+                )?;
             }
             let plane = self.plane;
             commit.add_property(
@@ -381,8 +406,16 @@ impl KmsOutput {
             // CRTC_X/Y are signed (a plane may hang off the left or top edge), CRTC_W/H not.
             commit.add_property(plane, props.plane_crtc[0], property::Value::SignedRange(0))?;
             commit.add_property(plane, props.plane_crtc[1], property::Value::SignedRange(0))?;
-            commit.add_property(plane, props.plane_crtc[2], property::Value::UnsignedRange(width))?;
-            commit.add_property(plane, props.plane_crtc[3], property::Value::UnsignedRange(height))?;
+            commit.add_property(
+                plane,
+                props.plane_crtc[2],
+                property::Value::UnsignedRange(width),
+            )?;
+            commit.add_property(
+                plane,
+                props.plane_crtc[3],
+                property::Value::UnsignedRange(height),
+            )?;
             match in_fence {
                 Some(fence) => commit.set_in_fence(plane, fence.as_fd())?,
                 None => commit.clear_in_fence(plane)?,
@@ -524,7 +557,10 @@ fn primary_plane(
     const DRM_PLANE_TYPE_PRIMARY: u64 = 1;
     for plane in card.plane_handles().context("DRM planes")? {
         let info = card.get_plane(plane).context("DRM plane")?;
-        if !resources.filter_crtcs(info.possible_crtcs()).contains(&crtc) {
+        if !resources
+            .filter_crtcs(info.possible_crtcs())
+            .contains(&crtc)
+        {
             continue;
         }
         let props = card.get_properties(plane).context("plane properties")?;

@@ -156,14 +156,19 @@ impl Drm {
                     ScanoutRenderer::Gles(Box::new(GuardedGles::new(renderer, render_node)))
                 }
                 Err(err) => {
-                    warn!("drm: no usable EGL on {} ({err:#}); using pixman", card_path.display());
+                    warn!(
+                        "drm: no usable EGL on {} ({err:#}); using pixman",
+                        card_path.display()
+                    );
                     ScanoutRenderer::Pixman(PixmanRenderer::new().context("pixman renderer")?)
                 }
             }
         };
 
-        let allocator =
-            GbmAllocator::new(gbm.clone(), GbmBufferFlags::RENDERING | GbmBufferFlags::SCANOUT);
+        let allocator = GbmAllocator::new(
+            gbm.clone(),
+            GbmBufferFlags::RENDERING | GbmBufferFlags::SCANOUT,
+        );
         let output = KmsOutput::first_connected(&card, allocator)
             .with_context(|| format!("setting up an output on {}", card_path.display()))?;
         let render_formats = match &renderer {
@@ -186,8 +191,7 @@ impl Drm {
             Transform::Normal,
         );
 
-        let mut libinput =
-            Libinput::new_with_udev(LibinputSessionInterface::from(session.clone()));
+        let mut libinput = Libinput::new_with_udev(LibinputSessionInterface::from(session.clone()));
         if libinput.udev_assign_seat(&seat).is_err() {
             warn!("libinput: cannot assign seat {seat}: no input");
         }
@@ -195,7 +199,9 @@ impl Drm {
         info!(
             "drm: session on seat {seat}, device {}, render node {}",
             card_path.display(),
-            render_node.map(|n| n.to_string()).unwrap_or_else(|| "none".into())
+            render_node
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "none".into())
         );
         let udev = UdevBackend::new(&seat)
             .inspect_err(|err| warn!("udev: no hotplug events ({err}): outputs stay as found"))
@@ -248,8 +254,10 @@ impl Drm {
             .map_err(|err| anyhow!("inserting the session source: {err}"))?;
         loop_handle
             .insert_source(sources.input, |event, _, state| {
-                if !matches!(event, InputEvent::DeviceAdded { .. } | InputEvent::DeviceRemoved { .. })
-                {
+                if !matches!(
+                    event,
+                    InputEvent::DeviceAdded { .. } | InputEvent::DeviceRemoved { .. }
+                ) {
                     state.handle_input(event);
                 }
             })
@@ -376,7 +384,12 @@ impl Drm {
             return Ok(None);
         };
         let in_fence = self.signalled.as_ref();
-        if let Err(err) = self.output.test(&self.card, &self.fence_props, *(*framebuffer).as_ref(), in_fence) {
+        if let Err(err) = self.output.test(
+            &self.card,
+            &self.fence_props,
+            *(*framebuffer).as_ref(),
+            in_fence,
+        ) {
             info!(%err, "drm: the kernel refused a client buffer on the primary plane");
             self.client_framebuffers.refuse(&candidate.dmabuf);
             return Ok(None);
@@ -404,11 +417,8 @@ impl Drm {
             self.direct = true;
         }
         // The damage tracker did not see this frame: the next composited one is drawn whole.
-        self.damage_tracker = OutputDamageTracker::new(
-            (area.size.w, area.size.h),
-            1.0,
-            Transform::Normal,
-        );
+        self.damage_tracker =
+            OutputDamageTracker::new((area.size.w, area.size.h), 1.0, Transform::Normal);
         Ok(Some(RenderedFrame {
             rendered: true,
             damage: None,
@@ -667,7 +677,9 @@ fn init_gles(gbm: &GbmDevice<DrmDeviceFd>) -> anyhow::Result<(GlesRenderer, Stri
             if ptr.is_null() {
                 String::from("an unnamed GL renderer")
             } else {
-                unsafe { CStr::from_ptr(ptr.cast()) }.to_string_lossy().into_owned()
+                unsafe { CStr::from_ptr(ptr.cast()) }
+                    .to_string_lossy()
+                    .into_owned()
             }
         })
         .context("querying GL_RENDERER")?;

@@ -48,7 +48,11 @@ impl ScanoutFeedback {
             .build()
             .context("render feedback")?;
         let scanout = DmabufFeedbackBuilder::new(render_node.dev_id(), render_formats.clone())
-            .add_preference_tranche(card_node.dev_id(), Some(TrancheFlags::Scanout), scanout_formats)
+            .add_preference_tranche(
+                card_node.dev_id(),
+                Some(TrancheFlags::Scanout),
+                scanout_formats,
+            )
             .build()
             .context("scanout feedback")?;
         Ok(ScanoutFeedback { render, scanout })
@@ -164,6 +168,9 @@ mod tests {
         assert!(has(Fourcc::Argb8888, 0x0100_0000_0000_0001));
         assert!(!has(Fourcc::Xrgb8888, 0x0100_0000_0000_0001));
         assert_eq!(formats.iter().count(), 3);
-        assert!(parse_in_formats(&blob[..30]).is_none(), "a truncated blob is refused");
+        assert!(
+            parse_in_formats(&blob[..30]).is_none(),
+            "a truncated blob is refused"
+        );
     }
 }
