@@ -14,7 +14,7 @@ use crate::client_log::{CommitCounts, ProtocolErrorRecord};
 use crate::state::State;
 
 /// The `schema` field of every report: bumped when a field changes meaning or goes away.
-pub const REPORT_SCHEMA: &str = "fencegate-check/1";
+pub const REPORT_SCHEMA: &str = "fencegate-check/2";
 
 /// Everything `fencegate check` reports about one run.
 #[derive(Debug, Clone, Serialize)]
