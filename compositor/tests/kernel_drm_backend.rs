@@ -454,6 +454,7 @@ fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
             .is_some_and(|image| image.rgb(0, 0) != 0x112233)
     });
     let before = count();
+    let fds_before = open_fds(pid).expect("fencegate's fds");
     for i in 0..3 {
         one_client(0x400000 * (i + 1), true);
     }
@@ -471,7 +472,20 @@ fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
         "fencegate's (fds, framebuffers, dma-bufs): {before:?} before, {:?} after",
         count()
     );
-    assert_eq!(count(), before, "(fds, framebuffers, dma-bufs) as before");
+    let fds_after = open_fds(pid).expect("fencegate's fds");
+    let new: Vec<_> = fds_after
+        .iter()
+        .filter(|fd| !fds_before.contains(fd))
+        .collect();
+    let gone: Vec<_> = fds_before
+        .iter()
+        .filter(|fd| !fds_after.contains(fd))
+        .collect();
+    assert_eq!(
+        count(),
+        before,
+        "(fds, framebuffers, dma-bufs) as before; fds new {new:?}, gone {gone:?}"
+    );
     fencegate.stop();
 }
 

@@ -58,9 +58,10 @@
 //! the render fence the release waits for (an `Arc` of the frame's sync_file, shared with every
 //! buffer the frame read; a render fence found signalled is kept as its timestamp only). The
 //! acquire fence of a commit waiting for it is kept *weakly* ([`FenceSignaler`]). So no syncobj
-//! handle is held by this module, and no fd but pending render fences. Entries of destroyed
-//! buffers are pruned (and their render fences asked again) whenever the table has doubled since
-//! the last pruning.
+//! handle is held by this module, and no fd but pending render fences. A destroyed buffer's
+//! entry goes when the compositor reports the destruction (`buffer_destroyed` of the protocol
+//! states, from Smithay's `BufferHandler`); in any case entries of destroyed buffers are pruned
+//! (and their render fences asked again) whenever the table has doubled since the last pruning.
 //!
 //! A compositor cannot see CPU writes: an acquire fence that signalled is the client's word that
 //! its write is done. A buffer committed again with a fresh, signalled acquire fence while the
@@ -500,6 +501,12 @@ impl BufferReuse {
             acquire,
             Who::of(protocol, surface, buffer),
         ))
+    }
+
+    /// `buffer` is gone: its last commit (and a render fence kept to judge its reuse) is
+    /// forgotten now rather than at the next pruning.
+    pub(crate) fn forget(&mut self, buffer: &WlBuffer) {
+        self.held.remove(&buffer.id());
     }
 
     /// Forgets destroyed buffers, and the render fences that have signalled since.

@@ -75,7 +75,14 @@ fn commit_kind(surface: &WlSurface) -> CommitKind {
 }
 
 impl BufferHandler for State {
-    fn buffer_destroyed(&mut self, _buffer: &WlBuffer) {}
+    fn buffer_destroyed(&mut self, buffer: &WlBuffer) {
+        if let Some(syncobj) = self.core.drm_syncobj.as_mut() {
+            syncobj.buffer_destroyed(buffer);
+        }
+        if let Some(explicit_sync) = self.core.explicit_sync.as_mut() {
+            explicit_sync.buffer_destroyed(buffer);
+        }
+    }
 }
 
 impl ShmHandler for State {

@@ -257,6 +257,15 @@ impl DrmSyncobjState {
         self.buffer_reuse.stats()
     }
 
+    /// Call from Smithay's `BufferHandler::buffer_destroyed`: what is kept to judge the
+    /// buffer's reuse (its last commit, a render fence still pending) goes now.
+    pub fn buffer_destroyed(
+        &mut self,
+        buffer: &smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer,
+    ) {
+        self.buffer_reuse.forget(buffer);
+    }
+
     /// Every release point clients have set so far, and how each was signalled: after a
     /// render fence or from the CPU. `owed()` is what is still to be signalled.
     pub fn release_stats(&self) -> ReleaseStats {

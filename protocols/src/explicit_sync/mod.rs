@@ -216,6 +216,15 @@ impl ExplicitSyncState {
         self.buffer_reuse.stats()
     }
 
+    /// Call from Smithay's `BufferHandler::buffer_destroyed`: what is kept to judge the
+    /// buffer's reuse (its last commit, a render fence still pending) goes now.
+    pub fn buffer_destroyed(
+        &mut self,
+        buffer: &smithay::reexports::wayland_server::protocol::wl_buffer::WlBuffer,
+    ) {
+        self.buffer_reuse.forget(buffer);
+    }
+
     /// Every release asked for so far, and which event each got.
     pub fn release_stats(&self) -> BufferReleaseStats {
         self.release_counters.stats()
