@@ -196,6 +196,25 @@ fn a_client_window_is_on_the_screen() {
     let Some((fencegate, card)) = fencegate_on_virtio_gpu("window") else {
         return;
     };
+    window_on_the_screen(fencegate, &card);
+}
+
+#[test]
+fn a_client_window_is_on_the_screen_of_vkms() {
+    let Some(session) = DrmSession::setup() else {
+        return;
+    };
+    let Some(card) = require_device("vkms card node", || {
+        find_drm_node("card", "vkms").and_then(|d| d.path().map(Path::to_path_buf))
+    }) else {
+        return;
+    };
+    window_on_the_screen(Fencegate::start(session, &card, "vkms"), &card);
+}
+
+/// A window's pixels are in the framebuffer `card` scans out, composited by the software
+/// renderer that fencegate says it supports.
+fn window_on_the_screen(fencegate: Fencegate, card: &Path) {
     let log = fencegate.log();
     assert!(log.contains("backend Drm"), "{log}");
     assert!(
@@ -204,7 +223,7 @@ fn a_client_window_is_on_the_screen() {
     );
 
     let size = (96, 64);
-    let mut win = DmabufWindow::open(&fencegate.window_args(&card, size, false), "drm-window")
+    let mut win = DmabufWindow::open(&fencegate.window_args(card, size, false), "drm-window")
         .expect("window");
     let (mut pixels, buffer) = win.new_buffer().expect("buffer");
     let color = 0x3366cc;
@@ -212,7 +231,7 @@ fn a_client_window_is_on_the_screen() {
     let (_, flags) = commit_and_wait_presented(&mut win, &buffer);
     assert_eq!(flags & ZERO_COPY, 0, "a window is composited");
 
-    let shown = scanout(&card);
+    let shown = scanout(card);
     let image = shown.image.expect("the primary plane has a framebuffer");
     let count = image
         .pixels
