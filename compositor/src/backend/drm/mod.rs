@@ -70,7 +70,6 @@ use crate::state::{Core, State};
 pub struct Drm {
     session: LibSeatSession,
     card: DrmDeviceFd,
-    card_path: PathBuf,
     render_node: Option<DrmNode>,
     gbm: GbmDevice<DrmDeviceFd>,
     renderer: ScanoutRenderer,
@@ -220,7 +219,6 @@ impl Drm {
             Drm {
                 session,
                 card,
-                card_path,
                 render_node,
                 gbm,
                 renderer,
@@ -309,10 +307,6 @@ impl Drm {
 
     pub fn output_name(&self) -> &str {
         &self.output.name
-    }
-
-    pub fn card_path(&self) -> &Path {
-        &self.card_path
     }
 
     pub fn renderer_name(&self) -> &'static str {
@@ -417,8 +411,7 @@ impl Drm {
             self.direct = true;
         }
         // The damage tracker did not see this frame: the next composited one is drawn whole.
-        self.damage_tracker =
-            OutputDamageTracker::new((area.size.w, area.size.h), 1.0, Transform::Normal);
+        self.draw_whole_next();
         Ok(Some(RenderedFrame {
             rendered: true,
             damage: None,
@@ -466,10 +459,15 @@ impl Drm {
         );
         if !self.committed(queued)? {
             // Not shown: the next frame is drawn whole once the display is ours again.
-            let size = self.mode_size();
-            self.damage_tracker = OutputDamageTracker::new(size, 1.0, Transform::Normal);
+            self.draw_whole_next();
         }
         Ok(frame)
+    }
+
+    /// Forgets what the screen shows: the next composited frame is drawn whole, at the mode's
+    /// size.
+    fn draw_whole_next(&mut self) {
+        self.damage_tracker = OutputDamageTracker::new(self.mode_size(), 1.0, Transform::Normal);
     }
 
     /// Whether a frame was committed: a refusal for want of DRM master (the session manager
@@ -565,7 +563,7 @@ impl Drm {
                 let size = self.mode_size();
                 info!(output = %self.output.name, mode = ?(size.w, size.h, mode.vrefresh()),
                     "drm: output connected");
-                self.damage_tracker = OutputDamageTracker::new(size, 1.0, Transform::Normal);
+                self.draw_whole_next();
                 Some(OutputChange::Connected(size, self.refresh_mhz()))
             }
             _ => None,
