@@ -34,7 +34,7 @@ pub mod wait_times;
 
 pub use commit_blocker::hint_deadline;
 pub use implicit_sync::TimeoutAction;
-pub use release_fence::{ReleaseFence, ScanoutFence};
+pub use release_fence::{Reader, ReleaseFence, Sampled, ScanoutFence};
 
 pub use fence_bridge;
 

@@ -8,6 +8,12 @@
 //! then. A [`ScanoutFence`] stands for that fence until the backend makes the commit
 //! ([`ScanoutFence::resolve`]); a release that falls due earlier waits inside it, so it is
 //! still paid exactly once, and by the kernel, with no CPU wake-up at the flip.
+//!
+//! # Several outputs
+//! A buffer shown on two outputs is read by two pipelines that finish independently: one may
+//! scan it out while the other composites it. Each pipeline is a [`Reader`]; a release keeps the
+//! newest fence of each reader ([`Sampled`]) and waits for all of them. One reader's frames
+//! complete in order, so its newer fence covers its older ones.
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,6 +38,102 @@ impl ReleaseFence {
             ReleaseFence::Scanout(scanout) => scanout.known().flatten(),
         }
     }
+}
+
+/// A pipeline that reads client buffers: one per output (its renderer pass or its planes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Reader(pub u32);
+
+/// The newest fence of each [`Reader`] that read a buffer: what its release waits for (see the
+/// [module docs](self)).
+#[derive(Default, Debug)]
+pub struct Sampled {
+    by: Vec<(Reader, ReleaseFence)>,
+}
+
+/// What [`Sampled::then`] runs once every fence is known.
+type Done = Box<dyn FnOnce(Option<Arc<SyncFile>>) + Send>;
+
+impl Sampled {
+    /// A frame of `reader` read the buffer: `fence` replaces that reader's earlier fence, or
+    /// forgets it when `None` (the frame's work is complete).
+    pub fn record(&mut self, reader: Reader, fence: Option<ReleaseFence>) {
+        self.by.retain(|(r, _)| *r != reader);
+        if let Some(fence) = fence {
+            self.by.push((reader, fence));
+        }
+    }
+
+    /// True when no fence is recorded: nothing to wait for.
+    pub fn is_empty(&self) -> bool {
+        self.by.is_empty()
+    }
+
+    /// The one fence to wait for, if every recorded fence is known now: `Ok(None)` when none is
+    /// left to wait for. `Err(self)` while a scanout fence awaits its commit.
+    pub fn ready(self) -> Result<Option<Arc<SyncFile>>, Sampled> {
+        let mut known = Vec::with_capacity(self.by.len());
+        for (_, fence) in &self.by {
+            match fence {
+                ReleaseFence::Rendered(fence) => known.push(fence.clone()),
+                ReleaseFence::Scanout(scanout) => match scanout.known() {
+                    Some(fence) => known.extend(fence),
+                    None => return Err(self),
+                },
+            }
+        }
+        Ok(merge_all(known))
+    }
+
+    /// Runs `done` once every recorded fence is known (now, if they are), with the one fence
+    /// that signals after all of them; `None` when there is nothing to wait for.
+    pub fn then(self, done: impl FnOnce(Option<Arc<SyncFile>>) + Send + 'static) {
+        wait_all(
+            self.by.into_iter().map(|(_, fence)| fence).collect(),
+            Vec::new(),
+            Box::new(done),
+        );
+    }
+}
+
+/// Waits for each scanout fence in `left` to be resolved, collecting the sync_files in `known`,
+/// then calls `done` with them merged.
+fn wait_all(mut left: Vec<ReleaseFence>, mut known: Vec<Arc<SyncFile>>, done: Done) {
+    while let Some(fence) = left.pop() {
+        match fence {
+            ReleaseFence::Rendered(fence) => known.push(fence),
+            ReleaseFence::Scanout(scanout) => {
+                scanout.then(move |fence| {
+                    known.extend(fence.cloned());
+                    wait_all(left, known, done);
+                });
+                return;
+            }
+        }
+    }
+    done(merge_all(known));
+}
+
+/// One sync_file that signals when all of `fences` have (`SYNC_IOC_MERGE`); the fence itself
+/// when there is one. If the kernel cannot merge (out of memory or fds), the fences are waited
+/// for here: late, never early.
+fn merge_all(fences: Vec<Arc<SyncFile>>) -> Option<Arc<SyncFile>> {
+    let mut fences = fences.into_iter();
+    let first = fences.next()?;
+    fences.try_fold(first, |merged, fence| {
+        match SyncFile::merge(&merged, &fence, "fencegate-release") {
+            Ok(both) => Some(Arc::new(both)),
+            Err(err) => {
+                tracing::error!(%err, "merging release fences failed; waiting for them on the CPU");
+                for fence in [&merged, &fence] {
+                    if let Err(err) = fence.wait_timeout(None) {
+                        tracing::error!(%err, "waiting for a release fence failed");
+                    }
+                }
+                Some(fence)
+            }
+        }
+    })
 }
 
 /// What waits for a [`ScanoutFence`]: runs once, with the out-fence, or with `None` when there
@@ -187,5 +289,51 @@ mod tests {
         }
         drop(fence);
         assert_eq!(runs(), 3);
+    }
+
+    #[test]
+    fn a_release_waits_for_every_reader() {
+        let (left, right) = (ScanoutFence::new(), ScanoutFence::new());
+        let mut sampled = Sampled::default();
+        sampled.record(Reader(0), Some(ReleaseFence::Scanout(left.clone())));
+        sampled.record(Reader(1), Some(ReleaseFence::Scanout(right.clone())));
+        let sampled = sampled
+            .ready()
+            .expect_err("both scanout fences are still to come");
+        let (count, runs) = counter();
+        sampled.then(move |fence| {
+            assert!(
+                fence.is_none(),
+                "both frames left the screen without a fenced commit"
+            );
+            count.fetch_add(1, Ordering::SeqCst);
+        });
+        right.resolve(None);
+        assert_eq!(runs(), 0, "the other output still shows the buffer");
+        left.resolve(None);
+        assert_eq!(runs(), 1);
+    }
+
+    #[test]
+    fn a_readers_newer_fence_replaces_its_older_one() {
+        let (older, newer) = (ScanoutFence::new(), ScanoutFence::new());
+        let mut sampled = Sampled::default();
+        sampled.record(Reader(3), Some(ReleaseFence::Scanout(older.clone())));
+        sampled.record(Reader(3), Some(ReleaseFence::Scanout(newer.clone())));
+        newer.resolve(None);
+        assert!(
+            matches!(sampled.ready(), Ok(None)),
+            "the older fence of the same output is covered by the newer"
+        );
+    }
+
+    #[test]
+    fn a_reader_done_with_the_buffer_is_forgotten() {
+        let pending = ScanoutFence::new();
+        let mut sampled = Sampled::default();
+        sampled.record(Reader(0), Some(ReleaseFence::Scanout(pending)));
+        sampled.record(Reader(0), None);
+        assert!(sampled.is_empty());
+        assert!(matches!(sampled.ready(), Ok(None)));
     }
 }

@@ -32,7 +32,7 @@
 //! pixman and for a renderer that has finished sampling by then, but a GPU renderer may still
 //! have queued work reading the buffer. So a renderer marks the *current* release point of every
 //! surface a frame sampled with that frame's fence ([`ReleasePoint::sampled_by`]; the newest
-//! frame wins, as frames complete in order). When the point becomes due, `Drop` then imports
+//! frame of each output wins, as one output's frames complete in order). When the point becomes due, `Drop` then imports
 //! that fence into the point (`Syncobj::import_sync_file`, through
 //! [`ReleasePoint::signal_after`]): the kernel signals the point when the GPU work that last
 //! sampled the buffer completes, with no CPU wait. A point no frame marked, or marked by a frame
@@ -50,7 +50,7 @@ use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 
 use crate::buffer_reuse::{BufferUse, RenderFence};
 use crate::owed::{Owed, Settle};
-use crate::release_fence::ReleaseFence;
+use crate::release_fence::{Reader, ReleaseFence, Sampled};
 
 /// An owed signal of a client's release point (see the [module docs](self)). Dropping it
 /// signals the point.
@@ -62,8 +62,9 @@ pub struct ReleasePoint {
 /// What a [`ReleasePoint`] owes, until paid.
 pub(crate) struct Debt {
     point: SyncobjPoint,
-    /// The fence of the last frame that read the buffer ([`ReleasePoint::sampled_by`]).
-    sampled: Option<ReleaseFence>,
+    /// The fence of the last frame of each reader that read the buffer
+    /// ([`ReleasePoint::sampled_by`]).
+    sampled: Sampled,
     /// Where to count how the point was released.
     counters: Option<Arc<ReleaseCounters>>,
     /// The buffer's use this point ends: told when the release is made, and what it waits for.
@@ -131,7 +132,7 @@ impl ReleasePoint {
         ReleasePoint {
             owed: Owed::new(Debt {
                 point,
-                sampled: None,
+                sampled: Sampled::default(),
                 counters: None,
                 used: Arc::default(),
             }),
@@ -144,7 +145,7 @@ impl ReleasePoint {
         ReleasePoint {
             owed: Owed::new(Debt {
                 point,
-                sampled: None,
+                sampled: Sampled::default(),
                 counters: Some(counters),
                 used: Arc::default(),
             }),
@@ -157,26 +158,22 @@ impl ReleasePoint {
         self.owed.list_on(surface);
     }
 
-    /// Records that a frame read the buffer this point belongs to: `fence` is that frame's
-    /// render fence, or the [`ScanoutFence`](crate::ScanoutFence) of the frame that scans it
-    /// out; `None` when the frame's work is known complete (no fence, or not exportable and
-    /// finished). The last call wins: frames complete in submission order, so the newest
-    /// frame's fence covers the older ones.
+    /// Records that a frame of `reader` (an output) read the buffer this point belongs to:
+    /// `fence` is that frame's render fence, or the [`ScanoutFence`](crate::ScanoutFence) of the
+    /// frame that scans it out; `None` when the frame's work is known complete (no fence, or
+    /// not exportable and finished). Per reader the last call wins: one output's frames
+    /// complete in submission order, so its newest fence covers its older ones. Fences of
+    /// different readers are all waited for.
     ///
-    /// When the point becomes due ([`Drop`], [`ReleasePoint::release`]) a recorded fence is
-    /// imported into the point (a scanout fence once the replacing commit is made); without one
-    /// the point is signalled from the CPU.
-    pub fn sampled_by(&mut self, fence: Option<ReleaseFence>) {
+    /// When the point becomes due ([`Drop`], [`ReleasePoint::release`]) the recorded fences are
+    /// imported into the point (merged into one; a scanout fence once the replacing commit is
+    /// made); without any the point is signalled from the CPU.
+    pub fn sampled_by(&mut self, reader: Reader, fence: Option<ReleaseFence>) {
         self.owed.with(|debt| {
             if let Some(debt) = debt {
-                debt.sampled = fence;
+                debt.sampled.record(reader, fence);
             }
         });
-    }
-
-    /// The fence recorded by [`ReleasePoint::sampled_by`], if any.
-    pub fn sampled_fence(&self) -> Option<ReleaseFence> {
-        self.owed.with(|debt| debt.and_then(|d| d.sampled.clone()))
     }
 
     /// The buffer use this point ends, told of the release when it is made (buffer-reuse
@@ -245,19 +242,20 @@ impl ReleasePoint {
 
 impl Debt {
     fn release(mut self) -> io::Result<()> {
-        match self.sampled.take() {
-            Some(ReleaseFence::Rendered(fence)) => {
+        match std::mem::take(&mut self.sampled).ready() {
+            Ok(Some(fence)) => {
                 let kept: Arc<dyn RenderFence> = fence.clone();
                 self.signal_after(&fence, Some(kept))
             }
-            Some(ReleaseFence::Scanout(scanout)) => {
+            Ok(None) => self.signal(),
+            Err(pending) => {
                 // Paid when the commit that takes the buffer off screen is made (see
                 // `crate::release_fence`); failures are logged there, as for a settle.
-                scanout.then(move |fence| {
+                pending.then(move |fence| {
                     let result = match fence {
                         Some(fence) => {
                             let kept: Arc<dyn RenderFence> = fence.clone();
-                            self.signal_after(fence, Some(kept))
+                            self.signal_after(&fence, Some(kept))
                         }
                         None => self.signal(),
                     };
@@ -267,7 +265,6 @@ impl Debt {
                 });
                 Ok(())
             }
-            None => self.signal(),
         }
     }
 
@@ -308,7 +305,7 @@ impl Debt {
 
 impl Settle for Debt {
     fn settle(self) {
-        let cpu = self.sampled.is_none();
+        let cpu = self.sampled.is_empty();
         // An import failure is logged (and falls back to the CPU) inside; log a CPU failure.
         if let Err(err) = self.release() {
             if cpu {
@@ -325,7 +322,7 @@ impl fmt::Debug for ReleasePoint {
                 .debug_struct("ReleasePoint")
                 .field("syncobj", debt.point.syncobj())
                 .field("point", &debt.point.point())
-                .field("sampled", &debt.sampled.is_some())
+                .field("sampled", &!debt.sampled.is_empty())
                 .finish(),
             None => f.write_str("ReleasePoint(signalled)"),
         })

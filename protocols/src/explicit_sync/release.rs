@@ -29,7 +29,7 @@
 //!
 //! As for drm_syncobj's release points: a renderer records each frame's fence on the current
 //! release of every surface the frame sampled ([`BufferRelease::sampled_by`]; the newest frame
-//! wins, frames complete in order). When the release is due the client gets `fenced_release`
+//! of each output wins, one output's frames complete in order). When the release is due the client gets `fenced_release`
 //! with that fence and reuses the buffer once the GPU has finished reading it; the compositor
 //! never waits on the CPU. [`BufferReleaseStats`] counts which event each release got.
 
@@ -44,7 +44,7 @@ use smithay::reexports::wayland_server::Resource;
 
 use crate::buffer_reuse::{BufferUse, RenderFence};
 use crate::owed::{Owed, Settle};
-use crate::release_fence::ReleaseFence;
+use crate::release_fence::{Reader, Sampled};
 
 /// User data of a `zwp_linux_buffer_release_v1`: whether its one event has been sent.
 #[derive(Debug, Default)]
@@ -143,7 +143,7 @@ pub struct BufferRelease {
 pub(crate) struct Debt {
     object: ZwpLinuxBufferReleaseV1,
     /// The fence of the last frame that read the buffer.
-    sampled: Option<ReleaseFence>,
+    sampled: Sampled,
     counters: Arc<BufferReleaseCounters>,
     /// The buffer's use this release ends: told when the event is sent, and what it waits for.
     used: Arc<BufferUse>,
@@ -160,7 +160,7 @@ impl BufferRelease {
         BufferRelease {
             owed: Owed::new(Debt {
                 object,
-                sampled: None,
+                sampled: Sampled::default(),
                 counters,
                 used: Arc::default(),
             }),
@@ -172,22 +172,18 @@ impl BufferRelease {
         self.owed.list_on(surface);
     }
 
-    /// Records that a frame read the buffer: `fence` is that frame's render fence or the
-    /// [`ScanoutFence`](crate::ScanoutFence) of the frame scanning it out, `None` when its work
-    /// is known complete. The last call wins (frames complete in order). When the release is
-    /// due, a recorded fence goes out as `fenced_release` (a scanout fence once the replacing
-    /// commit is made).
-    pub fn sampled_by(&mut self, fence: Option<ReleaseFence>) {
+    /// Records that a frame of `reader` (an output) read the buffer: `fence` is that frame's
+    /// render fence or the [`ScanoutFence`](crate::ScanoutFence) of the frame scanning it out,
+    /// `None` when its work is known complete. Per reader the last call wins (one output's
+    /// frames complete in order); different readers' fences are all waited for. When the
+    /// release is due, the recorded fences go out merged as `fenced_release` (a scanout fence
+    /// once the replacing commit is made).
+    pub fn sampled_by(&mut self, reader: Reader, fence: Option<crate::ReleaseFence>) {
         self.owed.with(|debt| {
             if let Some(debt) = debt {
-                debt.sampled = fence;
+                debt.sampled.record(reader, fence);
             }
         });
-    }
-
-    /// The fence recorded by [`BufferRelease::sampled_by`], if any.
-    pub fn sampled_fence(&self) -> Option<ReleaseFence> {
-        self.owed.with(|debt| debt.and_then(|d| d.sampled.clone()))
     }
 
     /// The buffer use this release ends, told of the release when its event goes out
@@ -229,20 +225,20 @@ impl BufferRelease {
 
 impl Debt {
     fn send_sampled(mut self) -> bool {
-        match self.sampled.take() {
-            Some(ReleaseFence::Rendered(fence)) => {
+        match std::mem::take(&mut self.sampled).ready() {
+            Ok(Some(fence)) => {
                 let kept: Arc<dyn RenderFence> = fence.clone();
                 self.send(Some(&fence), Some(kept))
             }
-            Some(ReleaseFence::Scanout(scanout)) => {
+            Ok(None) => self.send(None, None),
+            Err(pending) => {
                 // Sent when the commit that takes the buffer off screen is made.
-                scanout.then(move |fence| {
-                    let kept = fence.map(|fence| fence.clone() as Arc<dyn RenderFence>);
-                    self.send(fence.map(|fence| &**fence), kept);
+                pending.then(move |fence| {
+                    let kept = fence.clone().map(|fence| fence as Arc<dyn RenderFence>);
+                    self.send(fence.as_deref(), kept);
                 });
                 true
             }
-            None => self.send(None, None),
         }
     }
 
@@ -285,7 +281,7 @@ impl fmt::Debug for BufferRelease {
             Some(debt) => f
                 .debug_struct("BufferRelease")
                 .field("object", &debt.object.id())
-                .field("sampled", &debt.sampled.is_some())
+                .field("sampled", &!debt.sampled.is_empty())
                 .finish(),
             None => f.write_str("BufferRelease(sent)"),
         })
