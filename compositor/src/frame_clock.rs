@@ -1,8 +1,10 @@
-//! One frame of the output: render, present, send frame callbacks, take a due screenshot.
+//! One frame of the outputs: render each, present, send frame callbacks, take a due screenshot.
 //!
-//! A calloop timer drives it at the output's refresh rate for every backend, so a client that
-//! never stops committing cannot make the compositor spin, and a quiet output costs one timer
-//! wake-up per frame with no rendering (the damage tracker skips undamaged frames).
+//! A calloop timer drives it at the fastest output's refresh rate for every backend, so a client
+//! that never stops committing cannot make the compositor spin, and a quiet output costs one
+//! timer wake-up per frame with no rendering (the damage tracker skips undamaged frames). An
+//! output whose last frame has not reached the screen yet skips the tick (DRM: one flip per
+//! vblank), so a slower output runs at its own rate.
 //!
 //! After each frame, every fence a blocked commit waits for gets the next frame's time as its
 //! deadline (`fencegate_protocols::hint_deadline`, `SYNC_IOC_SET_DEADLINE`).
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 use fence_bridge::{EglFenceError, Ktime, SyncFile};
 use fencegate_protocols::drm_syncobj::DrmSyncobjCachedState;
 use fencegate_protocols::explicit_sync::ExplicitSyncCachedState;
-use fencegate_protocols::ReleaseFence;
+use fencegate_protocols::{Reader, ReleaseFence};
 
 use smithay::backend::renderer::element::{
     default_primary_scanout_output_compare, RenderElementStates,
@@ -41,6 +43,7 @@ use smithay::desktop::utils::{
     surface_presentation_feedback_flags_from_states, surface_primary_scanout_output,
     update_surface_primary_scanout_output, OutputPresentationFeedback,
 };
+use smithay::output::Output;
 use smithay::reexports::calloop::timer::{TimeoutAction, Timer};
 use smithay::utils::{Monotonic, Time};
 use smithay::wayland::presentation::Refresh;
@@ -52,7 +55,6 @@ use crate::state::{Core, State};
 
 /// Starts the frame timer; the first frame is rendered at once.
 pub fn start(state: &mut State) {
-    let interval = state.core.frame_interval;
     let result =
         state
             .core
@@ -60,7 +62,7 @@ pub fn start(state: &mut State) {
             .insert_source(Timer::immediate(), move |deadline, _, state| {
                 state.frame();
                 // Never schedule into the past: a slow frame delays the next one instead of bunching.
-                let next = (deadline + interval).max(Instant::now());
+                let next = (deadline + state.core.frame_interval).max(Instant::now());
                 TimeoutAction::ToInstant(next)
             });
     if let Err(err) = result {
@@ -69,7 +71,7 @@ pub fn start(state: &mut State) {
 }
 
 impl State {
-    /// Renders one frame and does everything that follows from it.
+    /// Renders one frame of each output and does everything that follows from it.
     pub fn frame(&mut self) {
         let windows_with_content = self.core.windows_with_content();
         let plan_due = self
@@ -78,31 +80,11 @@ impl State {
             .as_mut()
             .is_some_and(|plan| plan.is_due(windows_with_content));
         let capture = plan_due || !self.core.capture_requests.is_empty();
-        let frame = self.backend.render(&self.core, capture);
-        let now = self.core.clock.now();
-        match frame {
-            Ok(frame) => {
-                if frame.rendered {
-                    self.core.frames_rendered += 1;
-                    self.core.mark_sampled_buffers(&frame);
-                    let feedback = self.core.presentation_feedback(&frame.states);
-                    self.backend.present(
-                        feedback,
-                        now,
-                        Refresh::fixed(self.core.frame_interval),
-                        self.core.frames_rendered,
-                    );
-                }
-                if let Some(capture) = frame.capture {
-                    for request in std::mem::take(&mut self.core.capture_requests) {
-                        request(&capture);
-                    }
-                    if plan_due {
-                        self.core.finish_screenshot(capture);
-                    }
-                }
-            }
-            Err(err) => error!("frame failed: {err:#}"),
+        let outputs: Vec<Output> = self.core.space.outputs().cloned().collect();
+        for output in outputs {
+            // Screenshots and captures read the primary output.
+            let capture = capture && output == *self.core.primary_output();
+            self.output_frame(&output, capture, plan_due);
         }
         self.backend.send_dmabuf_feedback(&self.core);
         // Fences that commits wait for should be done by the next frame (the next vblank on
@@ -110,11 +92,47 @@ impl State {
         if let Some(next_frame) = Ktime::now().checked_add(self.core.frame_interval) {
             fencegate_protocols::hint_deadline(next_frame);
         }
+        let now = self.core.clock.now();
         self.core.send_frame_callbacks(now);
         self.core.space.refresh();
         self.core.popups.cleanup();
         if let Err(err) = self.core.display_handle.flush_clients() {
             error!("flushing clients failed: {err}");
+        }
+    }
+
+    fn output_frame(&mut self, output: &Output, capture: bool, plan_due: bool) {
+        let frame = match self.backend.render(&self.core, output, capture) {
+            Ok(frame) => frame,
+            Err(err) => {
+                error!(output = %output.name(), "frame failed: {err:#}");
+                return;
+            }
+        };
+        let now = self.core.clock.now();
+        if frame.rendered {
+            self.core.frames_rendered += 1;
+            self.core.mark_sampled_buffers(output, &frame);
+            let feedback = self.core.presentation_feedback(output, &frame.states);
+            let refresh = output
+                .current_mode()
+                .map(|mode| Duration::from_secs_f64(1000.0 / f64::from(mode.refresh.max(1))))
+                .unwrap_or(self.core.frame_interval);
+            self.backend.present(
+                output,
+                feedback,
+                now,
+                Refresh::fixed(refresh),
+                self.core.frames_rendered,
+            );
+        }
+        if let Some(capture) = frame.capture {
+            for request in std::mem::take(&mut self.core.capture_requests) {
+                request(&capture);
+            }
+            if plan_due {
+                self.core.finish_screenshot(capture);
+            }
         }
     }
 }
@@ -124,9 +142,9 @@ impl Core {
     /// on screen ([`Backend::present`](crate::backend::Backend::present)).
     fn presentation_feedback(
         &mut self,
+        output: &Output,
         states: &RenderElementStates,
     ) -> OutputPresentationFeedback {
-        let output = &self.output;
         let mut feedback = OutputPresentationFeedback::new(output);
         for window in self.space.elements() {
             window.with_surfaces(|surface, data| {
@@ -150,8 +168,9 @@ impl Core {
     /// Records this frame's fence on the current release of every surface it presented, a
     /// linux-drm-syncobj-v1 release point or a zwp_linux_buffer_release_v1 (see the [module
     /// docs](self)). Only for rendered frames: a skipped frame sampled nothing.
-    fn mark_sampled_buffers(&self, frame: &RenderedFrame) {
+    fn mark_sampled_buffers(&self, output: &Output, frame: &RenderedFrame) {
         let states = &frame.states;
+        let reader = self.reader(output);
         // Exported once per frame, and only when some sampled buffer has a release.
         let mut fence: Option<Option<Arc<SyncFile>>> = None;
         let mut fence = || match &frame.scanned_out {
@@ -169,27 +188,41 @@ impl Core {
                 if data.cached_state.has::<DrmSyncobjCachedState>() {
                     let mut cached = data.cached_state.get::<DrmSyncobjCachedState>();
                     if let Some(release) = cached.current().release_point.as_mut() {
-                        release.sampled_by(fence());
+                        release.sampled_by(reader, fence());
                     }
                 }
                 if data.cached_state.has::<ExplicitSyncCachedState>() {
                     let mut cached = data.cached_state.get::<ExplicitSyncCachedState>();
                     if let Some(release) = cached.current().release.as_mut() {
-                        release.sampled_by(fence());
+                        release.sampled_by(reader, fence());
                     }
                 }
             });
         }
     }
 
+    /// Every window gets its frame callbacks each tick, from an output it is on (the primary
+    /// one when it is on none).
     fn send_frame_callbacks(&self, now: Time<Monotonic>) {
-        let output = self.output.clone();
         let now: Duration = now.into();
         for window in self.space.elements() {
+            let output = self
+                .space
+                .outputs_for_element(window)
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| self.primary_output().clone());
             window.send_frame(&output, now, Some(Duration::ZERO), |_, _| {
                 Some(output.clone())
             });
         }
+    }
+
+    /// The release-fence reader an output's frames are recorded as: its index, stable because
+    /// outputs are never removed from the list.
+    fn reader(&self, output: &Output) -> Reader {
+        let index = self.outputs.iter().position(|o| o == output).unwrap_or(0);
+        Reader(index as u32)
     }
 
     fn finish_screenshot(&mut self, capture: Capture) {

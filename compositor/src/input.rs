@@ -20,11 +20,11 @@ impl State {
                 self.pointer_to(location, event.time_msec());
             }
             InputEvent::PointerMotion { event } => {
-                // A mouse on the DRM backend: move by the delta, kept on the output.
+                // A mouse on the DRM backend: move by the delta, kept on the outputs.
                 let Some(pointer) = self.core.seat.get_pointer() else {
                     return;
                 };
-                let area = self.core.output_area().to_f64();
+                let area = self.core.outputs_area().to_f64();
                 let mut location = pointer.current_location() + event.delta();
                 location.x = location.x.clamp(area.loc.x, area.loc.x + area.size.w - 1.0);
                 location.y = location.y.clamp(area.loc.y, area.loc.y + area.size.h - 1.0);

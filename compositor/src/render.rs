@@ -10,6 +10,7 @@ use smithay::backend::renderer::element::surface::WaylandSurfaceRenderElement;
 use smithay::backend::renderer::element::RenderElementStates;
 use smithay::backend::renderer::sync::SyncPoint;
 use smithay::backend::renderer::{Color32F, ExportMem, ImportAll, Renderer, Texture};
+use smithay::output::Output;
 use smithay::utils::{Physical, Rectangle};
 
 use crate::screenshot::Capture;
@@ -53,14 +54,15 @@ impl RenderedFrame {
     }
 }
 
-/// Renders `core`'s space onto `framebuffer`; with `capture`, redraws everything and reads the
-/// pixels back (offscreen targets only: see `Winit::capture`).
+/// Renders `output`'s part of `core`'s space onto `framebuffer`; with `capture`, redraws
+/// everything and reads the pixels back (offscreen targets only: see `Winit::capture`).
 pub fn render_space<R>(
     renderer: &mut R,
     framebuffer: &mut R::Framebuffer<'_>,
     damage_tracker: &mut OutputDamageTracker,
     buffer_age: usize,
     core: &Core,
+    output: &Output,
     capture: bool,
 ) -> anyhow::Result<RenderedFrame>
 where
@@ -70,7 +72,7 @@ where
     // Age 0 forces a full redraw, so a capture never reads stale regions.
     let age = if capture { 0 } else { buffer_age };
     let result = smithay::desktop::space::render_output::<_, WaylandSurfaceRenderElement<R>, _, _>(
-        &core.output,
+        output,
         renderer,
         framebuffer,
         1.0,
@@ -87,7 +89,7 @@ where
     let sync = result.sync;
 
     let capture = if capture {
-        Some(read_back(renderer, framebuffer, core)?)
+        Some(read_back(renderer, framebuffer, output)?)
     } else {
         None
     };
@@ -104,13 +106,12 @@ where
 fn read_back<R>(
     renderer: &mut R,
     framebuffer: &R::Framebuffer<'_>,
-    core: &Core,
+    output: &Output,
 ) -> anyhow::Result<Capture>
 where
     R: Renderer + ExportMem,
 {
-    let mode = core
-        .output
+    let mode = output
         .current_mode()
         .ok_or_else(|| anyhow!("output has no mode"))?;
     let (width, height) = (mode.size.w, mode.size.h);

@@ -1,6 +1,7 @@
 //! Building the compositor: display, backend, output, protocol globals, then the sources that
 //! feed the loop. `run` is the whole life of a `fencegate` process.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,12 +13,11 @@ use fencegate_protocols::implicit_sync::ImplicitSyncState;
 use smithay::desktop::{PopupManager, Space, WindowSurfaceType};
 use smithay::input::keyboard::XkbConfig;
 use smithay::input::SeatState;
-use smithay::output::{Mode, Output, PhysicalProperties, Subpixel};
 use smithay::reexports::calloop::generic::Generic;
 use smithay::reexports::calloop::{EventLoop, Interest, LoopHandle, Mode as FdMode, PostAction};
 use smithay::reexports::wayland_server::protocol::wl_surface::WlSurface;
 use smithay::reexports::wayland_server::{Display, DisplayHandle};
-use smithay::utils::{Clock, Logical, Monotonic, Point, Rectangle, Transform};
+use smithay::utils::{Clock, Logical, Monotonic, Point, Rectangle};
 use smithay::wayland::compositor::CompositorState;
 use smithay::wayland::dmabuf::{DmabufFeedbackBuilder, DmabufState};
 use smithay::wayland::output::OutputManagerState;
@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use crate::backend::{Backend, Drm, Headless, Winit};
 use crate::config::{BackendChoice, Config};
+use crate::output_hotplug::OutputSpec;
 use crate::placement::Cascade;
 use crate::screenshot::ScreenshotPlan;
 use crate::state::{Core, State};
@@ -136,48 +137,21 @@ fn build_state(
     };
 
     let config_refresh_mhz = (config.refresh * 1000.0).round() as i32;
-    let (size, refresh_mhz, name, model) = match &backend {
-        Backend::Headless(headless) => (
-            headless.size(),
-            config_refresh_mhz,
-            "HEADLESS-1".to_string(),
-            "headless",
-        ),
-        Backend::Winit(winit) => (
-            winit.window_size(),
-            config_refresh_mhz,
-            "WINIT-1".to_string(),
-            "winit",
-        ),
-        Backend::Drm(drm) => (
-            drm.mode_size(),
-            drm.refresh_mhz(),
-            drm.output_name().to_string(),
-            "drm",
-        ),
+    let outputs = match &backend {
+        Backend::Headless(headless) => vec![OutputSpec {
+            name: "HEADLESS-1".to_string(),
+            model: "headless",
+            size: headless.size(),
+            refresh_mhz: config_refresh_mhz,
+        }],
+        Backend::Winit(winit) => vec![OutputSpec {
+            name: "WINIT-1".to_string(),
+            model: "winit",
+            size: winit.window_size(),
+            refresh_mhz: config_refresh_mhz,
+        }],
+        Backend::Drm(drm) => drm.outputs(),
     };
-    let mode = Mode {
-        size,
-        refresh: refresh_mhz,
-    };
-    let frame_interval = Duration::from_secs_f64(1000.0 / f64::from(refresh_mhz.max(1)));
-    let output = Output::new(
-        name,
-        PhysicalProperties {
-            size: (0, 0).into(),
-            subpixel: Subpixel::Unknown,
-            make: "fencegate".into(),
-            model: model.into(),
-        },
-    );
-    output.change_current_state(
-        Some(mode),
-        Some(Transform::Normal),
-        None,
-        Some((0, 0).into()),
-    );
-    output.set_preferred(mode);
-    let output_global = Some(output.create_global::<State>(&display_handle));
 
     let clock = Clock::<Monotonic>::new();
     let mut seat_state = SeatState::new();
@@ -187,8 +161,7 @@ fn build_state(
     }
     seat.add_pointer();
 
-    let mut space = Space::default();
-    space.map_output(&output, (0, 0));
+    let space = Space::default();
 
     let (dmabuf, dmabuf_version) = match create_dmabuf_global(&mut backend, &display_handle) {
         Some((state, global, version)) => (Some((state, global)), version),
@@ -210,7 +183,7 @@ fn build_state(
         state.set_timeout_action(config.fence_timeout_action.into());
         state
     });
-    let core = Core {
+    let mut core = Core {
         compositor_state: CompositorState::new::<State>(&display_handle),
         xdg_shell_state: XdgShellState::new::<State>(&display_handle),
         shm_state: ShmState::new::<State>(&display_handle, vec![]),
@@ -227,8 +200,8 @@ fn build_state(
         space,
         popups: PopupManager::default(),
         seat,
-        output,
-        output_global,
+        outputs: Vec::new(),
+        output_globals: HashMap::new(),
         placement: Cascade::default(),
         suppressed_keys: Vec::new(),
         socket_name: String::new(),
@@ -242,7 +215,7 @@ fn build_state(
         }),
         exit_code: None,
         frames_rendered: 0,
-        frame_interval,
+        frame_interval: Duration::from_secs_f64(1000.0 / f64::from(config_refresh_mhz.max(1))),
         surfaces_alive: 0,
         capture_requests: Vec::new(),
         client_log: Default::default(),
@@ -252,6 +225,9 @@ fn build_state(
         loop_signal,
         clock,
     };
+    for spec in &outputs {
+        core.output_connected(spec);
+    }
     if let Some(events) = winit_events {
         Winit::insert_events(events, &loop_handle)?;
     }
@@ -363,10 +339,19 @@ fn create_drm_syncobj_global(
 }
 
 impl Core {
-    /// The output's area in the space.
+    /// The primary output's area in the space.
     pub fn output_area(&self) -> Rectangle<i32, Logical> {
         self.space
-            .output_geometry(&self.output)
+            .output_geometry(self.primary_output())
+            .unwrap_or_else(|| Rectangle::from_size((1, 1).into()))
+    }
+
+    /// The smallest rectangle holding every plugged-in output: where the pointer may go.
+    pub fn outputs_area(&self) -> Rectangle<i32, Logical> {
+        self.space
+            .outputs()
+            .filter_map(|output| self.space.output_geometry(output))
+            .reduce(|a, b| a.merge(b))
             .unwrap_or_else(|| Rectangle::from_size((1, 1).into()))
     }
 

@@ -1,6 +1,7 @@
 //! The compositor's state, split the niri way: [`State`] is what Smithay dispatches to; it holds
 //! the [`Backend`] and the backend-independent [`Core`], so both can be borrowed mutably at once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,9 +71,11 @@ pub struct Core {
     pub space: Space<Window>,
     pub popups: PopupManager,
     pub seat: Seat<State>,
-    pub output: Output,
-    /// The output's `wl_output` global; None while the output is unplugged.
-    pub output_global: Option<GlobalId>,
+    /// Every output, the primary first: new windows open on the primary output, screenshots
+    /// read it. An unplugged output stays listed, out of the space and without a global.
+    pub outputs: Vec<Output>,
+    /// The `wl_output` global of each plugged-in output, by output name.
+    pub output_globals: HashMap<String, GlobalId>,
     pub placement: Cascade,
     /// Keys whose press a compositor shortcut consumed; their release is consumed too.
     pub suppressed_keys: Vec<smithay::input::keyboard::Keycode>,
@@ -84,6 +87,7 @@ pub struct Core {
     pub exit_code: Option<i32>,
     /// Frames rendered (not skipped for lack of damage): the presentation sequence number.
     pub frames_rendered: u64,
+    /// The frame timer's period: the shortest refresh period of the outputs.
     pub frame_interval: Duration,
     /// wl_surfaces that exist now, across all clients (a leak shows here).
     pub surfaces_alive: usize,

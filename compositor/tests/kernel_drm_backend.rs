@@ -14,6 +14,9 @@
 //! * a client leaving with an acquire point pending leaves no fd, framebuffer or dma-buf behind
 //!   in fencegate;
 //! * the connector unplugged and plugged back turns the CRTC off and on again;
+//! * a second connector plugged in is driven on a CRTC of its own: a client fullscreen on it is
+//!   scanned out there while a window is composited on the first, and a window across both is
+//!   released only after both outputs' frames (their fences merged);
 //! * a pending client acquire fence is given the next vblank as its deadline
 //!   (`SYNC_IOC_SET_DEADLINE`, seen with strace);
 //! * a VT switch pauses the session and switching back resumes it: the surface shows new
@@ -28,7 +31,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::drm_session::{DrmSession, SeatedChild, SeatedCommand};
-use common::kms_readback::{read_atomic_state, read_framebuffers, read_scanouts_at, Scanout};
+use common::kms_readback::{
+    read_atomic_state, read_framebuffers, read_scanouts_at, FramebufferImage, Scanout,
+};
 use common::leak_probe::{dma_buf_count, open_fds};
 use common::{fencegate_bin, find_drm_node, require_device};
 
@@ -115,6 +120,7 @@ impl Fencegate {
             allocator: AllocatorChoice::Auto,
             title: None,
             fullscreen,
+            fullscreen_on: None,
         }
     }
 
@@ -688,4 +694,186 @@ fn pending_client_fences_get_the_next_vblank_as_deadline() {
         deadlines.iter().any(|l| l.trim_end().ends_with("= 0")),
         "fencegate set a deadline on a pending acquire fence, and the kernel took it: {deadlines:?}"
     );
+}
+
+/// A connector's status forced through sysfs (`on`, `off`) until dropped, then probed again.
+struct ForcedStatus(&'static Path);
+
+impl ForcedStatus {
+    fn new(status: &'static Path, state: &str) -> ForcedStatus {
+        std::fs::write(status, state).expect("forcing the connector");
+        ForcedStatus(status)
+    }
+}
+
+impl Drop for ForcedStatus {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0, "detect");
+    }
+}
+
+#[test]
+fn every_connected_output_is_driven_on_its_own() {
+    let Some(session) = DrmSession::setup() else {
+        return;
+    };
+    let Some(card) = virtio_gpu_card() else {
+        return;
+    };
+    let second = Path::new("/sys/class/drm/card0-Virtual-2/status");
+    assert!(
+        second.exists(),
+        "a second virtio-gpu connector (the guest's virtio-gpu has max_outputs=2)"
+    );
+    // QEMU without a display enables only its first scanout: the second starts unplugged and
+    // is plugged in by force, with the change event a real plug sends synthesised.
+    // Declared before fencegate, so it is unforced after fencegate is gone.
+    let _forced = ForcedStatus::new(second, "off");
+    let fencegate = Fencegate::start(session, &card, "outputs");
+    let showing = || {
+        read_scanouts_at(&card)
+            .expect("reading the scanouts back")
+            .into_iter()
+            .filter_map(|s| s.image.map(|image| (s.crtc, image)))
+            .collect::<Vec<_>>()
+    };
+    eventually("a CRTC scanning out fencegate's frames", || {
+        showing().len() == 1
+    });
+    std::fs::write(second, "on").expect("plugging the second connector in");
+    let ok = std::process::Command::new("udevadm")
+        .args(["trigger", "--action=change", "/sys/class/drm/card0"])
+        .status()
+        .expect("udevadm")
+        .success();
+    assert!(ok);
+    eventually("two CRTCs scanning out fencegate's frames", || {
+        showing().len() == 2
+    });
+    assert!(fencegate.log().contains("drm: new output connected"));
+
+    // A fullscreen dma-buf on the second output is scanned out there, while a window on the
+    // first is composited there.
+    let mut args = fencegate.window_args(&card, (64, 64), false);
+    args.fullscreen_on = Some("Virtual-2".into());
+    let mut fullscreen = DmabufWindow::open(&args, "on-virtual-2").expect("fullscreen window");
+    let outputs = &fullscreen.client.state.outputs;
+    let mode_of = |name: &str| {
+        let info = outputs
+            .iter()
+            .find(|o| o.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("wl_output {name} among {outputs:?}"));
+        let (w, h) = info.mode_size.expect("a current mode");
+        (w as u32, h as u32)
+    };
+    let (first_mode, second_mode) = (mode_of("Virtual-1"), mode_of("Virtual-2"));
+    assert_ne!(
+        first_mode, second_mode,
+        "the outputs are told apart by their sizes below"
+    );
+    assert_eq!(
+        fullscreen.size, second_mode,
+        "fullscreen at Virtual-2's size"
+    );
+    let (mut pixels, buffer) = fullscreen.new_buffer().expect("buffer");
+    let full_color = 0x00cc66;
+    pixels
+        .write(&solid(second_mode.0, second_mode.1, full_color))
+        .expect("draw");
+    let (_, flags) = commit_and_wait_presented(&mut fullscreen, &buffer);
+    assert_ne!(flags & ZERO_COPY, 0, "scanned out directly on Virtual-2");
+
+    let mut window =
+        DmabufWindow::open(&fencegate.window_args(&card, (96, 64), false), "on-1").expect("window");
+    let (mut pixels, window_buffer) = window.new_buffer().expect("buffer");
+    let window_color = 0xcc3366;
+    pixels.write(&solid(96, 64, window_color)).expect("draw");
+    let (_, flags) = commit_and_wait_presented(&mut window, &window_buffer);
+    assert_eq!(flags & ZERO_COPY, 0, "a window is composited");
+
+    let shown = showing();
+    let (first, second) = (on_mode(&shown, first_mode), on_mode(&shown, second_mode));
+    assert_eq!(
+        count(first, window_color),
+        96 * 64,
+        "the window on Virtual-1"
+    );
+    assert_eq!(
+        count(first, full_color),
+        0,
+        "nothing of the other output's client"
+    );
+    assert_eq!(
+        count(second, full_color),
+        (second_mode.0 * second_mode.1) as usize,
+        "the fullscreen client's buffer on Virtual-2"
+    );
+    assert_ne!(shown[0].0, shown[1].0, "two CRTCs");
+
+    // A window across both outputs is composited by both: its buffer's release waits for
+    // both outputs' render fences, merged, and comes once the next buffer replaces it.
+    let wide = (first_mode.0 + 60, 48);
+    let mut across =
+        DmabufWindow::open(&fencegate.window_args(&card, wide, false), "across").expect("window");
+    let (manager, device, sync) = explicit_sync(&across, &card);
+    let across_color = 0x3399ff;
+    let mut buffers = Vec::new();
+    for _ in 0..2 {
+        let (mut pixels, buffer) = across.new_buffer().expect("buffer");
+        pixels
+            .write(&solid(wide.0, wide.1, across_color))
+            .expect("draw");
+        let timeline = import_timeline(&across.client, &manager, &device).expect("timeline");
+        buffers.push((buffer, timeline));
+    }
+    across.client.roundtrip().expect("imports accepted");
+    for (buffer, timeline) in &buffers {
+        set_points(
+            &sync,
+            Some((&timeline.object, 1)),
+            Some((&timeline.object, 2)),
+        );
+        timeline.syncobj.signal_point(1).expect("acquire signalled");
+        commit_and_wait_presented(&mut across, buffer);
+        let shown = showing();
+        let on_each = [on_mode(&shown, first_mode), on_mode(&shown, second_mode)]
+            .map(|image| count(image, across_color));
+        assert!(
+            on_each.iter().all(|&n| n > 0)
+                && on_each.iter().sum::<usize>() == (wide.0 * wide.1) as usize,
+            "the window's pixels split across the outputs: {on_each:?}"
+        );
+    }
+    wait_signalled(&buffers[0].1.syncobj, 2, GENEROUS)
+        .expect("the first buffer released after both outputs' frames");
+    assert_eq!(
+        buffers[1].1.syncobj.query().expect("query"),
+        1,
+        "the buffer on screen is not released"
+    );
+    let log = fencegate.log();
+    assert!(!log.contains("merging release fences failed"), "{log}");
+    drop(sync);
+    drop(across);
+    drop(window);
+    drop(fullscreen);
+    fencegate.stop();
+}
+
+/// The image of the CRTC in `shown` whose mode is `mode`.
+fn on_mode(shown: &[(u32, FramebufferImage)], mode: (u32, u32)) -> &FramebufferImage {
+    shown
+        .iter()
+        .find(|(_, image)| (image.width, image.height) == mode)
+        .map(|(_, image)| image)
+        .unwrap_or_else(|| panic!("a CRTC showing {mode:?}"))
+}
+
+/// How many pixels of `image` are `color` (RGB).
+fn count(image: &FramebufferImage, color: u32) -> usize {
+    image
+        .pixels
+        .iter()
+        .filter(|&&p| p & 0xff_ffff == color)
+        .count()
 }

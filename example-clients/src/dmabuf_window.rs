@@ -99,8 +99,12 @@ impl DmabufWindow {
         let window = client.try_create_window(&title, &format!("fencegate.{name}"))?;
         client.wait_configured(window, CONFIGURE_TIMEOUT)?;
         let mut size = args.size;
-        if args.fullscreen {
-            client.set_fullscreen(window, true);
+        let fullscreen = args.fullscreen || args.fullscreen_on.is_some();
+        if fullscreen {
+            match &args.fullscreen_on {
+                Some(output) => client.set_fullscreen_on(window, output)?,
+                None => client.set_fullscreen(window, true),
+            }
             client.dispatch_until(CONFIGURE_TIMEOUT, "the fullscreen configure", |state| {
                 state.windows[window.0].fullscreen
             })?;
@@ -111,7 +115,7 @@ impl DmabufWindow {
         }
         let allocator = Allocator::open(args.allocator, device.as_ref(), size)?;
         let surface = client.state.windows[window.0].surface.clone();
-        let surface_feedback = if args.fullscreen {
+        let surface_feedback = if fullscreen {
             SurfaceFeedback::watch(&client, &linux_dmabuf, &surface)
         } else {
             None

@@ -64,6 +64,11 @@ pub struct DmabufWindowArgs {
     /// only the fallback if it picks none): on a DRM output, a candidate for direct scanout.
     #[arg(long)]
     pub fullscreen: bool,
+
+    /// Ask to be fullscreen on the output with this name (`wl_output.name`, e.g. `Virtual-2`);
+    /// implies --fullscreen.
+    #[arg(long, value_name = "OUTPUT")]
+    pub fullscreen_on: Option<String>,
 }
 
 impl DmabufWindowArgs {

@@ -168,6 +168,31 @@ impl Client {
         self.flush_best_effort();
     }
 
+    /// Asks for fullscreen on the output named `output` (`wl_output.name`); an error if no
+    /// bound output has that name.
+    pub fn set_fullscreen_on(&mut self, w: WindowId, output: &str) -> anyhow::Result<()> {
+        let Some(wl_output) = self
+            .state
+            .outputs
+            .iter()
+            .find(|info| info.name.as_deref() == Some(output))
+            .map(|info| info.output.clone())
+        else {
+            let names: Vec<_> = self
+                .state
+                .outputs
+                .iter()
+                .filter_map(|o| o.name.clone())
+                .collect();
+            anyhow::bail!("no output named {output} (outputs: {})", names.join(", "));
+        };
+        self.window_or_panic(w)
+            .toplevel
+            .set_fullscreen(Some(&wl_output));
+        self.flush_best_effort();
+        Ok(())
+    }
+
     /// Destroy the window's objects (toplevel, xdg_surface, surface, buffers) in protocol order.
     ///
     /// The [`WindowState`] stays in `state.windows`, marked `destroyed`, so counters can still be

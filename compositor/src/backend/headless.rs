@@ -30,6 +30,7 @@ use smithay::backend::renderer::pixman::PixmanRenderer;
 use smithay::backend::renderer::{
     Bind, ExportMem, ImportAll, ImportDma, Offscreen, Renderer, Texture,
 };
+use smithay::output::Output;
 use smithay::reexports::pixman;
 use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
 use smithay::utils::{Size, Transform};
@@ -149,14 +150,20 @@ impl Headless {
         }
     }
 
-    pub fn render(&mut self, core: &Core, capture: bool) -> anyhow::Result<RenderedFrame> {
+    /// Renders the one output's next frame.
+    pub fn render(
+        &mut self,
+        core: &Core,
+        output: &Output,
+        capture: bool,
+    ) -> anyhow::Result<RenderedFrame> {
         let tracker = &mut self.damage_tracker;
         match &mut self.renderer {
             OffscreenRenderer::Gles { renderer, target } => {
-                render_into(&mut **renderer, target, tracker, core, capture)
+                render_into(&mut **renderer, target, tracker, core, output, capture)
             }
             OffscreenRenderer::Pixman { renderer, target } => {
-                render_into(renderer, target, tracker, core, capture)
+                render_into(renderer, target, tracker, core, output, capture)
             }
         }
     }
@@ -170,6 +177,7 @@ fn render_into<R, T>(
     target: &mut T,
     tracker: &mut OutputDamageTracker,
     core: &Core,
+    output: &Output,
     capture: bool,
 ) -> anyhow::Result<RenderedFrame>
 where
@@ -179,7 +187,15 @@ where
     let mut framebuffer = renderer
         .bind(target)
         .map_err(|e| anyhow!("binding the offscreen target: {e:?}"))?;
-    render_space(renderer, &mut framebuffer, tracker, 1, core, capture)
+    render_space(
+        renderer,
+        &mut framebuffer,
+        tracker,
+        1,
+        core,
+        output,
+        capture,
+    )
 }
 
 /// A GLES renderer on the best EGL display there is, a description of it for the log, and the

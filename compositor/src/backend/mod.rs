@@ -10,6 +10,7 @@ use smithay::backend::allocator::dmabuf::Dmabuf;
 use smithay::backend::allocator::format::FormatSet;
 use smithay::backend::drm::DrmNode;
 use smithay::desktop::utils::OutputPresentationFeedback;
+use smithay::output::Output;
 use smithay::reexports::wayland_protocols::wp::presentation_time::server::wp_presentation_feedback;
 
 pub use self::drm::Drm;
@@ -25,11 +26,17 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub fn render(&mut self, core: &Core, capture: bool) -> anyhow::Result<RenderedFrame> {
+    /// Renders `output`'s next frame (headless and winit have one output only).
+    pub fn render(
+        &mut self,
+        core: &Core,
+        output: &Output,
+        capture: bool,
+    ) -> anyhow::Result<RenderedFrame> {
         match self {
-            Backend::Headless(headless) => headless.render(core, capture),
-            Backend::Winit(winit) => winit.render(core, capture),
-            Backend::Drm(drm) => drm.render(core, capture),
+            Backend::Headless(headless) => headless.render(core, output, capture),
+            Backend::Winit(winit) => winit.render(core, output, capture),
+            Backend::Drm(drm) => drm.render(core, output, capture),
         }
     }
 
@@ -77,17 +84,18 @@ impl Backend {
         }
     }
 
-    /// Answers the presentation feedback of a frame just rendered: at once with `time`, or,
-    /// on DRM, with the time its flip reaches the screen.
+    /// Answers the presentation feedback of a frame of `output` just rendered: at once with
+    /// `time`, or, on DRM, with the time its flip reaches the screen.
     pub fn present(
         &mut self,
+        output: &Output,
         mut feedback: OutputPresentationFeedback,
         time: smithay::utils::Time<smithay::utils::Monotonic>,
         refresh: smithay::wayland::presentation::Refresh,
         sequence: u64,
     ) {
         match self {
-            Backend::Drm(drm) => drm.defer_presentation(feedback, sequence),
+            Backend::Drm(drm) => drm.defer_presentation(output, feedback, sequence),
             _ => feedback.presented(time, refresh, sequence, self.presentation_flags()),
         }
     }

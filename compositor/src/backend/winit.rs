@@ -10,7 +10,7 @@ use smithay::backend::renderer::damage::OutputDamageTracker;
 use smithay::backend::renderer::gles::{GlesRenderbuffer, GlesRenderer};
 use smithay::backend::renderer::{Bind, ImportDma, Offscreen};
 use smithay::backend::winit::{self, WinitEvent, WinitEventLoop, WinitGraphicsBackend};
-use smithay::output::Mode;
+use smithay::output::{Mode, Output};
 use smithay::reexports::calloop::LoopHandle;
 use smithay::utils::{Physical, Size, Transform};
 use tracing::info;
@@ -76,7 +76,13 @@ impl Winit {
             .map_err(|e| anyhow!("{e:?}"))
     }
 
-    pub fn render(&mut self, core: &Core, capture: bool) -> anyhow::Result<RenderedFrame> {
+    /// Renders the window's (the one output's) next frame.
+    pub fn render(
+        &mut self,
+        core: &Core,
+        output: &Output,
+        capture: bool,
+    ) -> anyhow::Result<RenderedFrame> {
         let age = self.backend.buffer_age().unwrap_or(0);
         let (renderer, mut framebuffer) = self.backend.bind().context("binding the window")?;
         let mut frame = render_space(
@@ -85,6 +91,7 @@ impl Winit {
             &mut self.damage_tracker,
             age,
             core,
+            output,
             false,
         )?;
         drop(framebuffer);
@@ -94,14 +101,18 @@ impl Winit {
                 .context("presenting the window")?;
         }
         if capture {
-            frame.capture = Some(self.capture(core)?);
+            frame.capture = Some(self.capture(core, output)?);
         }
         Ok(frame)
     }
 
     /// Draws the same scene again into an offscreen buffer and reads that back: reading the
     /// window's own framebuffer breaks the next swap on some EGL stacks (Mesa on Xvfb).
-    fn capture(&mut self, core: &Core) -> anyhow::Result<crate::screenshot::Capture> {
+    fn capture(
+        &mut self,
+        core: &Core,
+        output: &Output,
+    ) -> anyhow::Result<crate::screenshot::Capture> {
         let size = self.backend.window_size();
         let renderer = self.backend.renderer();
         let mut target: GlesRenderbuffer = renderer
@@ -111,7 +122,15 @@ impl Winit {
             .bind(&mut target)
             .map_err(|e| anyhow!("binding the capture buffer: {e:?}"))?;
         let mut tracker = OutputDamageTracker::new(size, 1.0, Transform::Normal);
-        let frame = render_space(renderer, &mut framebuffer, &mut tracker, 0, core, true)?;
+        let frame = render_space(
+            renderer,
+            &mut framebuffer,
+            &mut tracker,
+            0,
+            core,
+            output,
+            true,
+        )?;
         frame
             .capture
             .ok_or_else(|| anyhow!("the capture pass returned no pixels"))
@@ -126,19 +145,13 @@ impl Winit {
         handle
             .insert_source(events, |event, _, state| match event {
                 WinitEvent::Resized { size, .. } => {
+                    let output = state.core.primary_output();
                     let mode = Mode {
                         size,
-                        refresh: state
-                            .core
-                            .output
-                            .current_mode()
-                            .map_or(60_000, |m| m.refresh),
+                        refresh: output.current_mode().map_or(60_000, |m| m.refresh),
                     };
-                    state
-                        .core
-                        .output
-                        .change_current_state(Some(mode), None, None, None);
-                    state.core.output.set_preferred(mode);
+                    output.change_current_state(Some(mode), None, None, None);
+                    output.set_preferred(mode);
                     if let Backend::Winit(winit) = &mut state.backend {
                         winit.resize(size);
                     }

@@ -4,6 +4,7 @@ use std::cell::Cell;
 
 use smithay::delegate_xdg_shell;
 use smithay::desktop::{PopupKind, Window};
+use smithay::output::Output;
 use smithay::reexports::wayland_protocols::xdg::shell::server::xdg_toplevel;
 use smithay::reexports::wayland_server::protocol::wl_output::WlOutput;
 use smithay::reexports::wayland_server::protocol::wl_seat::WlSeat;
@@ -82,11 +83,16 @@ impl XdgShellHandler for State {
     // Popup grabs are not implemented: the popup shows, but input is not confined to it.
     fn grab(&mut self, _surface: PopupSurface, _seat: WlSeat, _serial: Serial) {}
 
-    fn fullscreen_request(&mut self, surface: ToplevelSurface, _output: Option<WlOutput>) {
+    /// Fullscreen on the output asked for, if it is plugged in, else on the primary one.
+    fn fullscreen_request(&mut self, surface: ToplevelSurface, wl_output: Option<WlOutput>) {
         let Some(window) = self.core.window_for_surface(surface.wl_surface()) else {
             return;
         };
-        let area = self.core.output_area();
+        let area = wl_output
+            .as_ref()
+            .and_then(Output::from_resource)
+            .and_then(|output| self.core.space.output_geometry(&output))
+            .unwrap_or_else(|| self.core.output_area());
         window
             .user_data()
             .insert_if_missing(RestorePosition::default);
@@ -106,7 +112,7 @@ impl XdgShellHandler for State {
         if surface.is_initial_configure_sent() {
             surface.send_configure();
         }
-        info!("toplevel went fullscreen");
+        info!(?area, "toplevel went fullscreen");
     }
 
     fn unfullscreen_request(&mut self, surface: ToplevelSurface) {

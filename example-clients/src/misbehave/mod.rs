@@ -256,6 +256,7 @@ fn open_window(args: &Args) -> anyhow::Result<DmabufWindow> {
         allocator: args.allocator,
         title: args.scenario.map(|s| format!("{NAME} {}", s.name())),
         fullscreen: false,
+        fullscreen_on: None,
     };
     DmabufWindow::open(&window_args, NAME)
 }

@@ -1,4 +1,4 @@
-//! One KMS output: a connector driven by a CRTC through its primary plane, fed from a GBM
+//! One KMS output: a connector driven by a CRTC of its own through its primary plane, fed from a GBM
 //! swapchain and flipped with atomic commits written here (fence-bridge's [`FencedCommit`])
 //! rather than through Smithay's `DrmCompositor`: releasing a scanned-out client buffer needs
 //! the CRTC's `OUT_FENCE_PTR` fence, which Smithay's atomic surface cannot request.
@@ -114,47 +114,24 @@ pub struct KmsOutput {
 }
 
 impl KmsOutput {
-    /// The first connected connector with a mode, a CRTC that can drive it and that CRTC's
-    /// primary plane; buffers come from `allocator`.
-    pub fn first_connected(
+    /// Drives the connector `info` (named `name`) with a CRTC that can, other than those in
+    /// `taken`, through that CRTC's primary plane; buffers come from `allocator`.
+    pub fn new(
         card: &DrmDeviceFd,
+        info: &connector::Info,
+        name: String,
+        taken: &[crtc::Handle],
         allocator: GbmAllocator<DrmDeviceFd>,
     ) -> anyhow::Result<KmsOutput> {
-        card.set_client_capability(ClientCapability::UniversalPlanes, true)
-            .context("DRM_CLIENT_CAP_UNIVERSAL_PLANES")?;
-        card.set_client_capability(ClientCapability::Atomic, true)
-            .context("DRM_CLIENT_CAP_ATOMIC: the device has no atomic modesetting")?;
         let resources = card.resource_handles().context("DRM resources")?;
-        let mut connected = Vec::new();
-        for &handle in resources.connectors() {
-            let info = card
-                .get_connector(handle, true)
-                .context("probing a connector")?;
-            let name = format!("{}-{}", info.interface().as_str(), info.interface_id());
-            if info.state() == connector::State::Connected && !info.modes().is_empty() {
-                connected.push((info, name));
-            } else {
-                debug!(connector = %name, state = ?info.state(), "connector not usable");
-            }
-        }
-        let Some((info, name)) = connected.first().cloned() else {
-            bail!("no connected connector with a mode");
-        };
-        if connected.len() > 1 {
-            let others: Vec<&str> = connected[1..].iter().map(|(_, n)| n.as_str()).collect();
-            info!(
-                "drm: driving {name} only; also connected, not driven yet: {}",
-                others.join(", ")
-            );
-        }
         let mode = preferred_mode(info.modes());
         let crtc = info
             .encoders()
             .iter()
             .filter_map(|&encoder| card.get_encoder(encoder).ok())
             .flat_map(|encoder| resources.filter_crtcs(encoder.possible_crtcs()))
-            .next()
-            .ok_or_else(|| anyhow!("no CRTC can drive {name}"))?;
+            .find(|crtc| !taken.contains(crtc))
+            .ok_or_else(|| anyhow!("no free CRTC can drive {name}"))?;
         let plane = primary_plane(card, &resources, crtc)?;
         let props = Props::find(card, info.handle(), crtc, plane)?;
         let (width, height) = mode.size();
@@ -187,6 +164,11 @@ impl KmsOutput {
     /// queued.
     pub fn is_busy(&self) -> bool {
         self.in_flight.is_some() || !self.enabled
+    }
+
+    /// True while a commit waits for its flip event.
+    pub fn has_flip_in_flight(&self) -> bool {
+        self.in_flight.is_some()
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -501,6 +483,32 @@ impl Props {
             ],
         })
     }
+}
+
+/// Asks for atomic modesetting and every plane (`DRM_CLIENT_CAP_ATOMIC`, `UNIVERSAL_PLANES`).
+pub fn enable_atomic(card: &DrmDeviceFd) -> anyhow::Result<()> {
+    card.set_client_capability(ClientCapability::UniversalPlanes, true)
+        .context("DRM_CLIENT_CAP_UNIVERSAL_PLANES")?;
+    card.set_client_capability(ClientCapability::Atomic, true)
+        .context("DRM_CLIENT_CAP_ATOMIC: the device has no atomic modesetting")
+}
+
+/// The connectors that are connected and have a mode, with their names, probing each.
+pub fn connected_connectors(card: &DrmDeviceFd) -> anyhow::Result<Vec<(connector::Info, String)>> {
+    let resources = card.resource_handles().context("DRM resources")?;
+    let mut connected = Vec::new();
+    for &handle in resources.connectors() {
+        let info = card
+            .get_connector(handle, true)
+            .context("probing a connector")?;
+        let name = format!("{}-{}", info.interface().as_str(), info.interface_id());
+        if info.state() == connector::State::Connected && !info.modes().is_empty() {
+            connected.push((info, name));
+        } else {
+            debug!(connector = %name, state = ?info.state(), "connector not usable");
+        }
+    }
+    Ok(connected)
 }
 
 /// The kernel refused a commit because this file is not DRM master (another session has the

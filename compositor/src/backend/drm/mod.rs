@@ -1,7 +1,8 @@
 //! DRM session backend: fencegate as the display server of a seat. libseat opens the session
 //! (logind or seatd) and the devices, udev names the GPU, libinput reads input, GBM allocates
-//! the scanout buffers, EGL (or pixman) renders into them, and atomic KMS shows them
-//! ([`KmsOutput`]).
+//! the scanout buffers, EGL (or pixman) renders into them, and atomic KMS shows them on every
+//! connected output, each with a CRTC of its own ([`KmsOutput`]). Each output commits and
+//! flips on its own: one output's flip in flight never holds another's frame.
 //!
 //! # Software rendering on a KMS device
 //! A KMS device whose Mesa driver renders in software (kms_swrast + llvmpipe, as virtio-gpu
@@ -30,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use fence_bridge::{
     read_flip_events, DrmDevice, EglFenceError, FenceProps, FlipEvent, SyncFile, Syncobj,
 };
@@ -51,6 +52,7 @@ use smithay::backend::session::libseat::{LibSeatSession, LibSeatSessionNotifier}
 use smithay::backend::session::{Event as SessionEvent, Session};
 use smithay::backend::udev::{self, UdevBackend, UdevEvent};
 use smithay::desktop::utils::OutputPresentationFeedback;
+use smithay::output::Output;
 use smithay::reexports::calloop::generic::Generic;
 use smithay::reexports::calloop::{Interest, LoopHandle, Mode as FdMode, PostAction};
 use smithay::reexports::input::Libinput;
@@ -64,6 +66,7 @@ use self::direct_scanout::ClientFramebuffers;
 use self::kms_output::{is_not_master, KmsOutput, Scanned};
 use self::scanout_feedback::ScanoutFeedback;
 use super::guarded_gles::GuardedGles;
+use crate::output_hotplug::OutputSpec;
 use crate::render::{render_space, RenderedFrame};
 use crate::state::{Core, State};
 
@@ -73,7 +76,10 @@ pub struct Drm {
     render_node: Option<DrmNode>,
     gbm: GbmDevice<DrmDeviceFd>,
     renderer: ScanoutRenderer,
-    output: KmsOutput,
+    /// Every output driven, in the order found; an unplugged one stays, disabled.
+    outputs: Vec<DrmOutput>,
+    /// GBM allocator for the outputs' swapchains (one more for an output plugged in later).
+    allocator: GbmAllocator<DrmDeviceFd>,
     client_framebuffers: ClientFramebuffers,
     /// An already signalled sync_file: the in-fence of a client buffer scanned out directly,
     /// which switches off the kernel's implicit-fence wait (see `direct_scanout`). None where the
@@ -81,17 +87,64 @@ pub struct Drm {
     signalled: Option<SyncFile>,
     /// Per-surface dma-buf feedback with the scanout tranche; None without a render node.
     feedback: Option<ScanoutFeedback>,
-    damage_tracker: OutputDamageTracker,
     fence_props: FenceProps,
     libinput: Libinput,
     /// False while the session is paused: no DRM master, no input.
     active: bool,
-    /// Whether the last frame was a client buffer scanned out directly (logged on change).
-    direct: bool,
     /// Set while commits fail for want of DRM master (logged once).
     not_master: bool,
     /// The card's `dev_t`, to pick its udev events out.
     device_id: Option<libc::dev_t>,
+}
+
+/// One output the backend drives: its KMS pipeline and what the renderer knows of its screen.
+struct DrmOutput {
+    kms: KmsOutput,
+    damage_tracker: OutputDamageTracker,
+    /// Whether its last frame was a client buffer scanned out directly (logged on change).
+    direct: bool,
+}
+
+impl DrmOutput {
+    fn new(kms: KmsOutput) -> DrmOutput {
+        let mut output = DrmOutput {
+            kms,
+            damage_tracker: OutputDamageTracker::new((1, 1), 1.0, Transform::Normal),
+            direct: false,
+        };
+        output.draw_whole_next();
+        output
+    }
+
+    fn mode_size(&self) -> Size<i32, Physical> {
+        let (width, height) = self.kms.mode.size();
+        Size::from((i32::from(width), i32::from(height)))
+    }
+
+    /// The mode's refresh rate in mHz, from its pixel clock (vrefresh is rounded to whole Hz).
+    fn refresh_mhz(&self) -> i32 {
+        let mode = &self.kms.mode;
+        let total = u64::from(mode.hsync().2) * u64::from(mode.vsync().2);
+        if total == 0 {
+            return mode.vrefresh() as i32 * 1000;
+        }
+        (u64::from(mode.clock()) * 1_000_000 / total) as i32
+    }
+
+    fn spec(&self) -> OutputSpec {
+        OutputSpec {
+            name: self.kms.name.clone(),
+            model: "drm",
+            size: self.mode_size(),
+            refresh_mhz: self.refresh_mhz(),
+        }
+    }
+
+    /// Forgets what the screen shows: the next composited frame is drawn whole at the mode's
+    /// size.
+    fn draw_whole_next(&mut self) {
+        self.damage_tracker = OutputDamageTracker::new(self.mode_size(), 1.0, Transform::Normal);
+    }
 }
 
 enum ScanoutRenderer {
@@ -110,8 +163,8 @@ pub struct DrmSources {
 }
 
 impl Drm {
-    /// Opens the session, the GPU (`device`, else udev's primary GPU of the seat), its first
-    /// connected output and the seat's input devices.
+    /// Opens the session, the GPU (`device`, else udev's primary GPU of the seat), its
+    /// connected outputs and the seat's input devices.
     pub fn new(device: Option<&Path>, force_pixman: bool) -> anyhow::Result<(Drm, DrmSources)> {
         let (mut session, notifier) = LibSeatSession::new().map_err(|err| {
             anyhow!(
@@ -168,8 +221,21 @@ impl Drm {
             gbm.clone(),
             GbmBufferFlags::RENDERING | GbmBufferFlags::SCANOUT,
         );
-        let output = KmsOutput::first_connected(&card, allocator)
-            .with_context(|| format!("setting up an output on {}", card_path.display()))?;
+        kms_output::enable_atomic(&card)?;
+        let mut outputs: Vec<DrmOutput> = Vec::new();
+        for (info, name) in kms_output::connected_connectors(&card)? {
+            let taken: Vec<_> = outputs.iter().map(|o| o.kms.crtc).collect();
+            match KmsOutput::new(&card, &info, name.clone(), &taken, allocator.clone()) {
+                Ok(kms) => outputs.push(DrmOutput::new(kms)),
+                Err(err) => warn!(connector = %name, "drm: not driven: {err:#}"),
+            }
+        }
+        if outputs.is_empty() {
+            bail!(
+                "no connected connector with a mode on {}",
+                card_path.display()
+            );
+        }
         let render_formats = match &renderer {
             ScanoutRenderer::Gles(renderer) => renderer.inner.dmabuf_formats(),
             ScanoutRenderer::Pixman(renderer) => renderer.dmabuf_formats(),
@@ -177,19 +243,13 @@ impl Drm {
         let card_node = DrmNode::from_file(card.as_fd()).ok();
         let feedback = match (card_node, render_node) {
             (Some(card_node), Some(render_node)) => {
-                ScanoutFeedback::new(&card, card_node, render_node, output.plane, &render_formats)
+                let plane = outputs[0].kms.plane;
+                ScanoutFeedback::new(&card, card_node, render_node, plane, &render_formats)
                     .inspect_err(|err| warn!("drm: no scanout feedback: {err:#}"))
                     .ok()
             }
             _ => None,
         };
-        let (width, height) = output.mode.size();
-        let damage_tracker = OutputDamageTracker::new(
-            (i32::from(width), i32::from(height)),
-            1.0,
-            Transform::Normal,
-        );
-
         let mut libinput = Libinput::new_with_udev(LibinputSessionInterface::from(session.clone()));
         if libinput.udev_assign_seat(&seat).is_err() {
             warn!("libinput: cannot assign seat {seat}: no input");
@@ -222,15 +282,14 @@ impl Drm {
                 render_node,
                 gbm,
                 renderer,
-                output,
+                outputs,
+                allocator,
                 client_framebuffers: ClientFramebuffers::default(),
                 signalled,
                 feedback,
-                damage_tracker,
                 fence_props: FenceProps::new(),
                 libinput,
                 active,
-                direct: false,
                 not_master: false,
                 device_id: card_node.map(|node| node.dev_id()),
             },
@@ -290,23 +349,17 @@ impl Drm {
         Ok(())
     }
 
-    pub fn mode_size(&self) -> Size<i32, Physical> {
-        let (width, height) = self.output.mode.size();
-        Size::from((i32::from(width), i32::from(height)))
+    /// The outputs plugged in now, as the compositor announces them.
+    pub fn outputs(&self) -> Vec<OutputSpec> {
+        self.outputs
+            .iter()
+            .filter(|o| o.kms.is_enabled())
+            .map(DrmOutput::spec)
+            .collect()
     }
 
-    /// The mode's refresh rate in mHz, from its pixel clock (vrefresh is rounded to whole Hz).
-    pub fn refresh_mhz(&self) -> i32 {
-        let mode = &self.output.mode;
-        let total = u64::from(mode.hsync().2) * u64::from(mode.vsync().2);
-        if total == 0 {
-            return mode.vrefresh() as i32 * 1000;
-        }
-        (u64::from(mode.clock()) * 1_000_000 / total) as i32
-    }
-
-    pub fn output_name(&self) -> &str {
-        &self.output.name
+    fn output_index(&self, name: &str) -> Option<usize> {
+        self.outputs.iter().position(|o| o.kms.name == name)
     }
 
     pub fn renderer_name(&self) -> &'static str {
@@ -344,30 +397,47 @@ impl Drm {
             | wp_presentation_feedback::Kind::HwCompletion
     }
 
-    /// Shows the next frame, unless the session is paused or the last commit has not flipped
-    /// yet (then the frame is skipped, and the damage stays for the next one): a client buffer
-    /// scanned out directly where one covers the output, else a composited frame.
-    pub fn render(&mut self, core: &Core, capture: bool) -> anyhow::Result<RenderedFrame> {
-        if !self.active || self.output.is_busy() {
+    /// Shows `output`'s next frame, unless the session is paused or its last commit has not
+    /// flipped yet (then the frame is skipped, and the damage stays for the next one): a client
+    /// buffer scanned out directly where one covers the output, else a composited frame.
+    pub fn render(
+        &mut self,
+        core: &Core,
+        output: &Output,
+        capture: bool,
+    ) -> anyhow::Result<RenderedFrame> {
+        let Some(index) = self.output_index(&output.name()) else {
+            return Ok(RenderedFrame::skipped());
+        };
+        if !self.active || self.outputs[index].kms.is_busy() {
             return Ok(RenderedFrame::skipped());
         }
         // A capture reads the renderer's target: composite that frame.
         if !capture {
-            if let Some(frame) = self.scan_out(core)? {
+            if let Some(frame) = self.scan_out(core, output, index)? {
                 return Ok(frame);
             }
         }
-        self.composite(core, capture)
+        self.composite(core, output, index, capture)
     }
 
-    /// Puts the topmost window's buffer straight on the plane if it can go there. `None`: it
-    /// cannot (no candidate, or the kernel refused it), composite instead.
-    fn scan_out(&mut self, core: &Core) -> anyhow::Result<Option<RenderedFrame>> {
-        let area = core.output_area();
+    /// Puts the topmost window's buffer straight on the output's primary plane if it covers
+    /// the output and can go there. `None`: it cannot (no candidate, or the kernel refused it),
+    /// composite instead.
+    fn scan_out(
+        &mut self,
+        core: &Core,
+        output: &Output,
+        index: usize,
+    ) -> anyhow::Result<Option<RenderedFrame>> {
+        let Some(area) = core.space.output_geometry(output) else {
+            return Ok(None);
+        };
         let Some(candidate) = direct_scanout::candidate(core, area) else {
             return Ok(None);
         };
-        if self.output.shows(&candidate.surface, candidate.commit) {
+        let kms = &mut self.outputs[index].kms;
+        if kms.shows(&candidate.surface, candidate.commit) {
             // Already on screen: nothing new to show.
             return Ok(Some(RenderedFrame::skipped()));
         }
@@ -378,13 +448,14 @@ impl Drm {
             return Ok(None);
         };
         let in_fence = self.signalled.as_ref();
-        if let Err(err) = self.output.test(
+        if let Err(err) = kms.test(
             &self.card,
             &self.fence_props,
             *(*framebuffer).as_ref(),
             in_fence,
         ) {
-            info!(%err, "drm: the kernel refused a client buffer on the primary plane");
+            info!(output = %kms.name, %err, "drm: the kernel refused a client buffer on the \
+                primary plane");
             self.client_framebuffers.refuse(&candidate.dmabuf);
             return Ok(None);
         }
@@ -396,22 +467,23 @@ impl Drm {
             surface: candidate.surface,
             commit: candidate.commit,
         };
-        let queued = self.output.queue(
+        let queued = kms.queue(
             &self.card,
             &self.fence_props,
             scanned,
             in_fence,
             off_screen.clone(),
         );
-        if !self.committed(queued)? {
+        if !self.committed(index, queued)? {
             return Ok(Some(RenderedFrame::skipped()));
         }
-        if !self.direct {
-            info!(output = %self.output.name, "drm: direct scanout of a client buffer");
-            self.direct = true;
+        let drm_output = &mut self.outputs[index];
+        if !drm_output.direct {
+            info!(output = %drm_output.kms.name, "drm: direct scanout of a client buffer");
+            drm_output.direct = true;
         }
         // The damage tracker did not see this frame: the next composited one is drawn whole.
-        self.draw_whole_next();
+        drm_output.draw_whole_next();
         Ok(Some(RenderedFrame {
             rendered: true,
             damage: None,
@@ -422,79 +494,98 @@ impl Drm {
         }))
     }
 
-    /// Renders the space into a swapchain buffer and commits it with its render fence.
-    fn composite(&mut self, core: &Core, capture: bool) -> anyhow::Result<RenderedFrame> {
-        let (slot, mut dmabuf, age) = self.output.acquire(&self.card)?;
-        let tracker = &mut self.damage_tracker;
+    /// Renders the space's part on `output` into a swapchain buffer and commits it with its
+    /// render fence.
+    fn composite(
+        &mut self,
+        core: &Core,
+        output: &Output,
+        index: usize,
+        capture: bool,
+    ) -> anyhow::Result<RenderedFrame> {
+        let drm_output = &mut self.outputs[index];
+        let (slot, mut dmabuf, age) = drm_output.kms.acquire(&self.card)?;
+        let tracker = &mut drm_output.damage_tracker;
         let frame = match &mut self.renderer {
             ScanoutRenderer::Gles(renderer) => {
                 let mut target = renderer
                     .inner
                     .bind(&mut dmabuf)
                     .map_err(|err| anyhow!("binding a scanout buffer: {err:?}"))?;
-                render_space(&mut **renderer, &mut target, tracker, age, core, capture)?
+                render_space(
+                    &mut **renderer,
+                    &mut target,
+                    tracker,
+                    age,
+                    core,
+                    output,
+                    capture,
+                )?
             }
             ScanoutRenderer::Pixman(renderer) => {
                 let mut target = renderer
                     .bind(&mut dmabuf)
                     .map_err(|err| anyhow!("binding a scanout buffer: {err:?}"))?;
-                render_space(renderer, &mut target, tracker, age, core, capture)?
+                render_space(renderer, &mut target, tracker, age, core, output, capture)?
             }
         };
         if !frame.rendered {
             // Nothing changed: the buffer goes back unused and the screen keeps its frame.
             return Ok(frame);
         }
-        if self.direct {
-            info!(output = %self.output.name, "drm: compositing again");
-            self.direct = false;
+        if drm_output.direct {
+            info!(output = %drm_output.kms.name, "drm: compositing again");
+            drm_output.direct = false;
         }
         let render_fence = scanout_fence(&frame);
-        let queued = self.output.queue(
+        let queued = drm_output.kms.queue(
             &self.card,
             &self.fence_props,
             Scanned::Composited(slot),
             render_fence.as_ref(),
             ScanoutFence::new(),
         );
-        if !self.committed(queued)? {
+        if !self.committed(index, queued)? {
             // Not shown: the next frame is drawn whole once the display is ours again.
-            self.draw_whole_next();
+            self.outputs[index].draw_whole_next();
         }
         Ok(frame)
-    }
-
-    /// Forgets what the screen shows: the next composited frame is drawn whole, at the mode's
-    /// size.
-    fn draw_whole_next(&mut self) {
-        self.damage_tracker = OutputDamageTracker::new(self.mode_size(), 1.0, Transform::Normal);
     }
 
     /// Whether a frame was committed: a refusal for want of DRM master (the session manager
     /// gave the display to another session without pausing ours first) is said once and
     /// retried with each frame; any other failure is an error.
-    fn committed(&mut self, queued: std::io::Result<()>) -> anyhow::Result<bool> {
+    fn committed(&mut self, index: usize, queued: std::io::Result<()>) -> anyhow::Result<bool> {
+        let name = &self.outputs[index].kms.name;
         match queued {
             Ok(()) => {
                 if std::mem::take(&mut self.not_master) {
-                    info!(output = %self.output.name, "drm: DRM master is back: showing frames again");
+                    info!(output = %name, "drm: DRM master is back: showing frames again");
                 }
                 Ok(true)
             }
             Err(err) if is_not_master(&err) => {
                 if !std::mem::replace(&mut self.not_master, true) {
-                    warn!(output = %self.output.name, %err, "drm: the display refuses our \
+                    warn!(output = %name, %err, "drm: the display refuses our \
                         commits (another session holds DRM master); retrying with each frame");
                 }
                 Ok(false)
             }
-            Err(err) => Err(anyhow!(err).context(format!("atomic commit on {}", self.output.name))),
+            Err(err) => Err(anyhow!(err).context(format!("atomic commit on {name}"))),
         }
     }
 
-    /// Presentation feedback of the frame just committed, answered when it flips.
-    pub fn defer_presentation(&mut self, feedback: OutputPresentationFeedback, sequence: u64) {
-        if let Some(flip) = self.output.in_flight_mut() {
+    /// Presentation feedback of the frame just committed on `output`, answered when it flips.
+    pub fn defer_presentation(
+        &mut self,
+        output: &Output,
+        feedback: OutputPresentationFeedback,
+        sequence: u64,
+    ) {
+        let Some(index) = self.output_index(&output.name()) else {
+            return;
+        };
+        if let Some(flip) = self.outputs[index].kms.in_flight_mut() {
             flip.feedback = Some(feedback);
             flip.sequence = sequence;
         }
@@ -519,55 +610,94 @@ impl Drm {
                 info!("drm: session paused");
                 self.active = false;
                 self.libinput.suspend();
-                self.output.paused();
+                for output in &mut self.outputs {
+                    output.kms.paused();
+                }
             }
             SessionEvent::ActivateSession => {
                 info!("drm: session resumed");
                 if self.libinput.resume().is_err() {
                     warn!("libinput: cannot resume input");
                 }
-                self.output.resumed();
+                for output in &mut self.outputs {
+                    output.kms.resumed();
+                }
                 self.active = true;
             }
         }
     }
 }
 
-/// What a hotplug event did to the output.
+/// What a hotplug event did to an output.
 enum OutputChange {
-    Disconnected,
-    /// Connected (again, or with another mode): its mode size and refresh rate (mHz).
-    Connected(Size<i32, Physical>, i32),
+    Disconnected(String),
+    /// Connected (again, for the first time, or with another mode).
+    Connected(OutputSpec),
 }
 
 impl Drm {
-    /// The GPU reported a change (udev): probes the output's connector and follows it.
-    fn rescan(&mut self) -> Option<OutputChange> {
-        let mode = match self.output.probe(&self.card) {
-            Ok(mode) => mode,
+    /// The GPU reported a change (udev): probes every connector and follows them. An output
+    /// unplugged is turned off and keeps its CRTC for its return; a connector connected for
+    /// the first time gets a free CRTC, if there is one.
+    fn rescan(&mut self) -> Vec<OutputChange> {
+        let mut changes = Vec::new();
+        for output in &mut self.outputs {
+            let kms = &mut output.kms;
+            let mode = match kms.probe(&self.card) {
+                Ok(mode) => mode,
+                Err(err) => {
+                    warn!(output = %kms.name, "drm: {err:#}");
+                    continue;
+                }
+            };
+            match (kms.is_enabled(), mode) {
+                (true, None) => {
+                    info!(output = %kms.name, "drm: output disconnected");
+                    if let Err(err) = kms.disable(&self.card, &self.fence_props) {
+                        warn!(output = %kms.name, "drm: turning the output off: {err}");
+                    }
+                    changes.push(OutputChange::Disconnected(kms.name.clone()));
+                }
+                (enabled, Some(mode)) if !enabled || mode != kms.mode => {
+                    kms.enable(mode);
+                    output.draw_whole_next();
+                    let spec = output.spec();
+                    info!(output = %spec.name, mode = ?(spec.size.w, spec.size.h, mode.vrefresh()),
+                        "drm: output connected");
+                    changes.push(OutputChange::Connected(spec));
+                }
+                _ => {}
+            }
+        }
+        let connected = match kms_output::connected_connectors(&self.card) {
+            Ok(connected) => connected,
             Err(err) => {
                 warn!("drm: {err:#}");
-                return None;
+                return changes;
             }
         };
-        match (self.output.is_enabled(), mode) {
-            (true, None) => {
-                info!(output = %self.output.name, "drm: output disconnected");
-                if let Err(err) = self.output.disable(&self.card, &self.fence_props) {
-                    warn!(output = %self.output.name, "drm: turning the output off: {err}");
+        for (info, name) in connected {
+            if self.output_index(&name).is_some() {
+                continue;
+            }
+            let taken: Vec<_> = self.outputs.iter().map(|o| o.kms.crtc).collect();
+            match KmsOutput::new(
+                &self.card,
+                &info,
+                name.clone(),
+                &taken,
+                self.allocator.clone(),
+            ) {
+                Ok(kms) => {
+                    let output = DrmOutput::new(kms);
+                    info!(output = %name, "drm: new output connected");
+                    changes.push(OutputChange::Connected(output.spec()));
+                    self.outputs.push(output);
                 }
-                Some(OutputChange::Disconnected)
+                Err(err) => warn!(connector = %name, "drm: not driven: {err:#}"),
             }
-            (enabled, Some(mode)) if !enabled || mode != self.output.mode => {
-                self.output.enable(mode);
-                let size = self.mode_size();
-                info!(output = %self.output.name, mode = ?(size.w, size.h, mode.vrefresh()),
-                    "drm: output connected");
-                self.draw_whole_next();
-                Some(OutputChange::Connected(size, self.refresh_mhz()))
-            }
-            _ => None,
         }
+        changes
     }
 }
 
@@ -580,12 +710,11 @@ impl State {
         if drm.device_id != Some(device_id) {
             return;
         }
-        match drm.rescan() {
-            Some(OutputChange::Disconnected) => self.core.output_disconnected(),
-            Some(OutputChange::Connected(size, refresh_mhz)) => {
-                self.core.output_connected(size, refresh_mhz)
+        for change in drm.rescan() {
+            match change {
+                OutputChange::Disconnected(name) => self.core.output_disconnected(&name),
+                OutputChange::Connected(spec) => self.core.output_connected(&spec),
             }
-            None => {}
         }
     }
 
@@ -594,16 +723,22 @@ impl State {
         let crate::backend::Backend::Drm(drm) = &mut self.backend else {
             return;
         };
-        if event.crtc.is_some_and(|crtc| crtc != drm.output.crtc) {
-            return;
-        }
         let flags = drm.presentation_flags();
-        let Some(flip) = drm.output.flip_done() else {
+        // Without a CRTC in the event (kernels before 4.12), the one output in flight.
+        let Some(output) = drm.outputs.iter_mut().find(|o| match event.crtc {
+            Some(crtc) => o.kms.crtc == crtc,
+            None => o.kms.has_flip_in_flight(),
+        }) else {
+            return;
+        };
+        let refresh = Refresh::fixed(Duration::from_secs_f64(
+            1000.0 / f64::from(output.refresh_mhz().max(1)),
+        ));
+        let Some(flip) = output.kms.flip_done() else {
             return;
         };
         if let Some(mut feedback) = flip.feedback.take() {
             let time = Duration::from_nanos(event.timestamp.as_nanos().max(0) as u64);
-            let refresh = Refresh::fixed(self.core.frame_interval);
             feedback.presented::<_, smithay::utils::Monotonic>(time, refresh, flip.sequence, flags);
         }
     }

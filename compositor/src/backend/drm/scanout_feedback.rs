@@ -1,4 +1,4 @@
-//! Per-surface linux-dmabuf feedback: a surface that covers the output (a direct-scanout
+//! Per-surface linux-dmabuf feedback: a surface that covers an output (a direct-scanout
 //! candidate, see `direct_scanout`) is told which buffers the primary plane can scan out, in a
 //! preferred tranche flagged `scanout`; every other surface gets the render feedback, which is
 //! also the global default. A client that follows it allocates buffers the display can read
@@ -58,19 +58,24 @@ impl ScanoutFeedback {
         Ok(ScanoutFeedback { render, scanout })
     }
 
-    /// Sends each window on the output the feedback that fits it now; a surface that already
-    /// has it hears nothing (Smithay sends only changes).
+    /// Sends each window on an output the feedback that fits it now; a surface that already
+    /// has it hears nothing (Smithay sends only changes). The scanout tranche is the first
+    /// output's primary plane's, offered for any output: the outputs of one device have the
+    /// same plane formats in practice.
     pub fn send(&self, core: &Core) {
-        let area = core.output_area();
-        for window in core.space.elements() {
-            let feedback = if direct_scanout::covers(core, window, area) {
-                &self.scanout
-            } else {
-                &self.render
+        for output in core.space.outputs() {
+            let Some(area) = core.space.output_geometry(output) else {
+                continue;
             };
-            window.send_dmabuf_feedback(&core.output, surface_primary_scanout_output, |_, _| {
-                feedback
-            });
+            for window in core.space.elements() {
+                let feedback = if direct_scanout::covers(core, window, area) {
+                    &self.scanout
+                } else {
+                    &self.render
+                };
+                window
+                    .send_dmabuf_feedback(output, surface_primary_scanout_output, |_, _| feedback);
+            }
         }
     }
 }
