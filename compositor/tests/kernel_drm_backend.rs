@@ -19,6 +19,8 @@
 //!   released only after both outputs' frames (their fences merged);
 //! * a pending client acquire fence is given the next vblank as its deadline
 //!   (`SYNC_IOC_SET_DEADLINE`, seen with strace);
+//! * on vkms, a fullscreen client's buffer with someone else's pending implicit write fence is
+//!   scanned out at once: fencegate's signalled `IN_FENCE_FD` switches the implicit wait off;
 //! * a VT switch pauses the session and switching back resumes it: the surface shows new
 //!   content again, and no fd or framebuffer is left over.
 //!
@@ -26,6 +28,7 @@
 
 mod common;
 
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -35,9 +38,10 @@ use common::kms_readback::{
     read_atomic_state, read_framebuffers, read_scanouts_at, FramebufferImage, Scanout,
 };
 use common::leak_probe::{dma_buf_count, open_fds};
-use common::{fencegate_bin, find_drm_node, require_device};
+use common::vgem_fence::{signalled_sync_file, PendingFence};
+use common::{fencegate_bin, find_drm_node, require_device, vgem_card};
 
-use fence_bridge::{DrmDevice, FenceStatus};
+use fence_bridge::{Access, DmaBuf, DrmDevice, FenceStatus};
 use fencegate_clients::dmabuf_window::{DmabufWindow, FrameWait};
 use fencegate_clients::linux_dmabuf::XRGB8888;
 use fencegate_clients::options::{AllocatorChoice, DmabufWindowArgs};
@@ -46,6 +50,7 @@ use fencegate_clients::syncobj_timeline::{
     bind_manager, import_timeline, open_timeline_device, set_points, wait_signalled,
 };
 use fencegate_clients::IgnoreEvents;
+use wayland_protocols::wp::linux_explicit_synchronization::zv1::client::zwp_linux_explicit_synchronization_v1::ZwpLinuxExplicitSynchronizationV1;
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::{
     wp_linux_drm_syncobj_manager_v1::WpLinuxDrmSyncobjManagerV1,
     wp_linux_drm_syncobj_surface_v1::WpLinuxDrmSyncobjSurfaceV1,
@@ -876,4 +881,86 @@ fn count(image: &FramebufferImage, color: u32) -> usize {
         .iter()
         .filter(|&&p| p & 0xff_ffff == color)
         .count()
+}
+
+/// vkms honours a framebuffer's implicit fences (virtio-gpu does not): a client buffer scanned
+/// out directly is flipped with fencegate's already signalled `IN_FENCE_FD`, which switches the
+/// kernel's wait for the buffer's implicit fences off. The client's buffer carries a pending
+/// write fence (a vgem fence imported into it) unrelated to the frame; the client syncs
+/// explicitly (zwp_linux_explicit_synchronization_v1, with a signalled acquire fence), and the
+/// frame flips while that implicit fence is still pending. Without the in-fence the flip would
+/// wait for it (`fence_bridge`'s kernel_vkms shows both halves on bare KMS) until vgem's own
+/// timeout, about 10 s.
+#[test]
+fn a_signalled_in_fence_keeps_implicit_fences_from_holding_a_scanout_on_vkms() {
+    let Some(session) = DrmSession::setup() else {
+        return;
+    };
+    let Some(card) = require_device("vkms card node", || {
+        find_drm_node("card", "vkms").and_then(|d| d.path().map(Path::to_path_buf))
+    }) else {
+        return;
+    };
+    let Some(vgem) = vgem_card() else {
+        return;
+    };
+    let fencegate = Fencegate::start(session, &card, "vkms-implicit");
+    let log = fencegate.log();
+    assert!(
+        !log.contains("no signalled fence for direct scanout"),
+        "fencegate makes its signalled fence on vkms (no syncobjs there):\n{log}"
+    );
+    let mut win = DmabufWindow::open(&fencegate.window_args(&card, (64, 64), true), "vkms-fs")
+        .expect("fullscreen window");
+    let manager: ZwpLinuxExplicitSynchronizationV1 = win
+        .client
+        .bind_global(2, IgnoreEvents)
+        .expect("zwp_linux_explicit_synchronization_v1");
+    let sync = manager.get_synchronization(&win.surface, win.client.qh(), IgnoreEvents);
+
+    let (mut pixels, buffer) = win.new_buffer().expect("buffer");
+    let color = 0x996633;
+    pixels
+        .write(&solid(win.size.0, win.size.1, color))
+        .expect("draw");
+    // Someone else's pending write on the buffer: an implicit fence the frame does not need.
+    let mut writer = PendingFence::new(&vgem);
+    let dmabuf = DmaBuf::new(pixels.dmabuf().as_fd());
+    dmabuf
+        .import_sync_file(&writer.sync_file, Access::Write)
+        .expect("DMA_BUF_IOCTL_IMPORT_SYNC_FILE");
+    let implicit = dmabuf
+        .export_sync_file(Access::Read)
+        .expect("DMA_BUF_IOCTL_EXPORT_SYNC_FILE");
+    assert!(
+        !implicit.is_signaled().unwrap(),
+        "the buffer has a pending writer"
+    );
+
+    let acquire = signalled_sync_file(&vgem);
+    sync.set_acquire_fence(acquire.as_fd());
+    let committed = Instant::now();
+    let (_, flags) = commit_and_wait_presented(&mut win, &buffer);
+    let latency = committed.elapsed();
+    assert_ne!(flags & ZERO_COPY, 0, "scanned out directly");
+    assert!(
+        !implicit.is_signaled().unwrap(),
+        "the frame flipped while the buffer's implicit write fence was pending (after {latency:?})"
+    );
+    assert!(
+        latency < Duration::from_secs(5),
+        "presented {latency:?} after the commit: vgem's ~10 s timeout did not release it"
+    );
+    // Before vgem's timeout signals it (reading the screen back below takes seconds in TCG).
+    writer.signal();
+    let shown = scanout(&card);
+    let image = shown.image.expect("a framebuffer");
+    assert!(
+        image.pixels.iter().all(|&p| p & 0xff_ffff == color),
+        "the client's buffer is on screen"
+    );
+    eprintln!("vkms: a scanout over a pending implicit fence presented {latency:?} after commit");
+    drop(sync);
+    drop(win);
+    fencegate.stop();
 }

@@ -33,7 +33,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use fence_bridge::{
-    read_flip_events, DrmDevice, EglFenceError, FenceProps, FlipEvent, SyncFile, Syncobj,
+    read_flip_events, Access, DmaBuf, DrmDevice, EglFenceError, FenceProps, FlipEvent, SyncFile,
+    Syncobj,
 };
 use fencegate_protocols::ScanoutFence;
 use smithay::backend::allocator::dmabuf::Dmabuf;
@@ -82,8 +83,8 @@ pub struct Drm {
     allocator: GbmAllocator<DrmDeviceFd>,
     client_framebuffers: ClientFramebuffers,
     /// An already signalled sync_file: the in-fence of a client buffer scanned out directly,
-    /// which switches off the kernel's implicit-fence wait (see `direct_scanout`). None where the
-    /// device has no syncobjs to make one.
+    /// which switches off the kernel's implicit-fence wait (see `direct_scanout`). None where
+    /// the device can make none (see `signalled_sync_file`).
     signalled: Option<SyncFile>,
     /// Per-surface dma-buf feedback with the scanout tranche; None without a render node.
     feedback: Option<ScanoutFeedback>,
@@ -765,23 +766,46 @@ fn scanout_fence(frame: &RenderedFrame) -> Option<SyncFile> {
     }
 }
 
-/// An already signalled sync_file made on `card` (a signalled syncobj exported), or None with
-/// the reason logged.
+/// An already signalled sync_file made on `card`: a signalled syncobj exported, or, on a device
+/// without syncobjs (vkms), what an idle buffer's implicit fences export to (the kernel's
+/// signalled stub fence). None, with the reason logged, when neither works.
 fn signalled_sync_file(card: &DrmDeviceFd) -> Option<SyncFile> {
-    let made = card
+    let from_syncobj = card
         .as_fd()
         .try_clone_to_owned()
         .and_then(DrmDevice::from_fd)
         .and_then(|device| Syncobj::create_signaled(&device))
         .and_then(|syncobj| syncobj.export_sync_file(0));
-    match made {
-        Ok(fence) => Some(fence),
+    let syncobj_err = match from_syncobj {
+        Ok(fence) => return Some(fence),
+        Err(err) => err,
+    };
+    match idle_buffer_fence(card) {
+        Ok(fence) => {
+            debug!(%syncobj_err, "drm: no syncobjs; the signalled in-fence for direct scanout \
+                comes from an idle buffer");
+            Some(fence)
+        }
         Err(err) => {
-            info!(%err, "drm: no signalled fence for direct scanout (the device has no \
-                syncobjs): the kernel may wait for a scanned-out buffer's implicit fences");
+            info!(%syncobj_err, %err, "drm: no signalled fence for direct scanout (no syncobjs, \
+                no dma-buf fence export): the kernel may wait for a scanned-out buffer's \
+                implicit fences");
             None
         }
     }
+}
+
+/// The fences a reader of a fresh dumb buffer would wait for: none, so the kernel exports its
+/// signalled stub fence (`DMA_BUF_IOCTL_EXPORT_SYNC_FILE`). The buffer is freed at once.
+fn idle_buffer_fence(card: &DrmDeviceFd) -> std::io::Result<SyncFile> {
+    use drm::buffer::DrmFourcc;
+    use drm::control::Device as _;
+    let dumb = card.create_dumb_buffer((1, 1), DrmFourcc::Xrgb8888, 32)?;
+    let exported = card
+        .buffer_to_prime_fd(drm::buffer::Buffer::handle(&dumb), libc::O_CLOEXEC as u32)
+        .and_then(|fd| DmaBuf::new(fd).export_sync_file(Access::Read));
+    let _ = card.destroy_dumb_buffer(dumb);
+    exported
 }
 
 /// The seat's primary GPU (the boot VGA device) or else its first GPU.
