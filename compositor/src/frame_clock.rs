@@ -26,11 +26,9 @@
 //! [`ReleasePoint::sampled_by`]: fencegate_protocols::drm_syncobj::ReleasePoint::sampled_by
 //! [`BufferRelease::sampled_by`]: fencegate_protocols::explicit_sync::BufferRelease::sampled_by
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fence_bridge::{EglFenceError, Ktime, SyncFile};
+use fence_bridge::Ktime;
 use fencegate_protocols::drm_syncobj::DrmSyncobjCachedState;
 use fencegate_protocols::explicit_sync::ExplicitSyncCachedState;
 use fencegate_protocols::{Reader, ReleaseFence};
@@ -38,7 +36,6 @@ use fencegate_protocols::{Reader, ReleaseFence};
 use smithay::backend::renderer::element::{
     default_primary_scanout_output_compare, RenderElementStates,
 };
-use smithay::backend::renderer::sync::SyncPoint;
 use smithay::desktop::utils::{
     surface_presentation_feedback_flags_from_states, surface_primary_scanout_output,
     update_surface_primary_scanout_output, OutputPresentationFeedback,
@@ -47,7 +44,7 @@ use smithay::output::Output;
 use smithay::reexports::calloop::timer::{TimeoutAction, Timer};
 use smithay::utils::{Monotonic, Time};
 use smithay::wayland::presentation::Refresh;
-use tracing::{error, info, warn};
+use tracing::{error, info};
 
 use crate::render::RenderedFrame;
 use crate::screenshot::Capture;
@@ -171,14 +168,10 @@ impl Core {
     fn mark_sampled_buffers(&self, output: &Output, frame: &RenderedFrame) {
         let states = &frame.states;
         let reader = self.reader(output);
-        // Exported once per frame, and only when some sampled buffer has a release.
-        let mut fence: Option<Option<Arc<SyncFile>>> = None;
-        let mut fence = || match &frame.scanned_out {
+        // Exported only when some sampled buffer has a release (and once per frame).
+        let fence = || match &frame.scanned_out {
             Some(scanout) => Some(ReleaseFence::Scanout(scanout.clone())),
-            None => fence
-                .get_or_insert_with(|| frame_fence(&frame.sync))
-                .clone()
-                .map(ReleaseFence::Rendered),
+            None => frame.render_fence().map(ReleaseFence::Rendered),
         };
         for window in self.space.elements() {
             window.with_surfaces(|surface, data| {
@@ -244,25 +237,6 @@ impl Core {
                     self.request_exit(1, "screenshot failed");
                 }
             }
-        }
-    }
-}
-
-/// The frame's fence as a sync_file to import into release points; `None` when there is nothing
-/// to wait for (no fence: the work is complete) or nothing importable.
-fn frame_fence(sync: &SyncPoint) -> Option<Arc<SyncFile>> {
-    match SyncFile::from_sync_point(sync) {
-        Ok(sync_file) => Some(Arc::new(sync_file)),
-        Err(EglFenceError::NoFence) => None,
-        Err(err) => {
-            // A fence that cannot be exported (EGL_KHR_fence_sync only) or failed to export:
-            // the release points fall back to a CPU signal when due, as in Smithay. Said once.
-            static WARNED: AtomicBool = AtomicBool::new(false);
-            if !WARNED.swap(true, Ordering::Relaxed) {
-                warn!(%err, "render fence not exportable: release points are signalled from the \
-                    CPU when due, which may be before the GPU has finished sampling");
-            }
-            None
         }
     }
 }

@@ -1,8 +1,11 @@
 //! Drawing the space onto one output, for any renderer, and reading the result back.
 
+use std::cell::OnceCell;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::anyhow;
+use fence_bridge::{EglFenceError, SyncFile};
 use fencegate_protocols::ScanoutFence;
 use smithay::backend::allocator::Fourcc;
 use smithay::backend::renderer::damage::OutputDamageTracker;
@@ -12,6 +15,7 @@ use smithay::backend::renderer::sync::SyncPoint;
 use smithay::backend::renderer::{Color32F, ExportMem, ImportAll, Renderer, Texture};
 use smithay::output::Output;
 use smithay::utils::{Physical, Rectangle};
+use tracing::warn;
 
 use crate::screenshot::Capture;
 use crate::state::Core;
@@ -37,9 +41,35 @@ pub struct RenderedFrame {
     /// instead of `sync` (see `backend::drm::direct_scanout`).
     pub scanned_out: Option<Arc<ScanoutFence>>,
     pub capture: Option<Capture>,
+    /// `sync` as a sync_file, exported on first use ([`RenderedFrame::render_fence`]).
+    render_fence: OnceCell<Option<Arc<SyncFile>>>,
 }
 
 impl RenderedFrame {
+    /// A frame that is shown by the display's reading a client buffer, with no render pass
+    /// (see `backend::drm::direct_scanout`).
+    pub fn scanned_out(states: RenderElementStates, scanout: Arc<ScanoutFence>) -> RenderedFrame {
+        RenderedFrame {
+            rendered: true,
+            damage: None,
+            states,
+            sync: SyncPoint::signaled(),
+            scanned_out: Some(scanout),
+            capture: None,
+            render_fence: OnceCell::new(),
+        }
+    }
+
+    /// The frame's render fence as a sync_file, exported from EGL once per frame for whoever
+    /// asks first (the KMS commit's `IN_FENCE_FD`, the release points of the buffers it
+    /// sampled). `None` when there is nothing to wait for (no fence: the work is complete), or
+    /// when the fence cannot be exported (said once): `sync` must then be waited for.
+    pub fn render_fence(&self) -> Option<Arc<SyncFile>> {
+        self.render_fence
+            .get_or_init(|| export_render_fence(&self.sync))
+            .clone()
+    }
+
     /// A frame the backend could not draw now (a flip still in flight, the session paused): the
     /// damage stays for the next one.
     pub fn skipped() -> RenderedFrame {
@@ -50,6 +80,25 @@ impl RenderedFrame {
             sync: SyncPoint::signaled(),
             scanned_out: None,
             capture: None,
+            render_fence: OnceCell::new(),
+        }
+    }
+}
+
+fn export_render_fence(sync: &SyncPoint) -> Option<Arc<SyncFile>> {
+    match SyncFile::from_sync_point(sync) {
+        Ok(sync_file) => Some(Arc::new(sync_file)),
+        Err(EglFenceError::NoFence) => None,
+        Err(err) => {
+            // A fence that cannot be exported (EGL_KHR_fence_sync only) or failed to export.
+            static WARNED: AtomicBool = AtomicBool::new(false);
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                warn!(%err, "the render fence cannot be exported as a sync_file: release points \
+                    are signalled from the CPU when due, which may be before the GPU has \
+                    finished sampling, and on DRM each frame waits for its rendering before the \
+                    commit");
+            }
+            None
         }
     }
 }
@@ -100,6 +149,7 @@ where
         sync,
         scanned_out: None,
         capture,
+        render_fence: OnceCell::new(),
     })
 }
 

@@ -28,13 +28,11 @@ mod scanout_feedback;
 use std::ffi::CStr;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use fence_bridge::{
-    read_flip_events, Access, DmaBuf, DrmDevice, EglFenceError, FenceProps, FlipEvent, SyncFile,
-    Syncobj,
+    read_flip_events, Access, DmaBuf, DrmDevice, FenceProps, FlipEvent, SyncFile, Syncobj,
 };
 use fencegate_protocols::ScanoutFence;
 use smithay::backend::allocator::dmabuf::Dmabuf;
@@ -47,7 +45,6 @@ use smithay::backend::libinput::{LibinputInputBackend, LibinputSessionInterface}
 use smithay::backend::renderer::damage::OutputDamageTracker;
 use smithay::backend::renderer::gles::{ffi, GlesRenderer};
 use smithay::backend::renderer::pixman::PixmanRenderer;
-use smithay::backend::renderer::sync::SyncPoint;
 use smithay::backend::renderer::{Bind, ImportDma};
 use smithay::backend::session::libseat::{LibSeatSession, LibSeatSessionNotifier};
 use smithay::backend::session::{Event as SessionEvent, Session};
@@ -485,14 +482,7 @@ impl Drm {
         }
         // The damage tracker did not see this frame: the next composited one is drawn whole.
         drm_output.draw_whole_next();
-        Ok(Some(RenderedFrame {
-            rendered: true,
-            damage: None,
-            states,
-            sync: SyncPoint::signaled(),
-            scanned_out: Some(off_screen),
-            capture: None,
-        }))
+        Ok(Some(RenderedFrame::scanned_out(states, off_screen)))
     }
 
     /// Renders the space's part on `output` into a swapchain buffer and commits it with its
@@ -538,12 +528,19 @@ impl Drm {
             info!(output = %drm_output.kms.name, "drm: compositing again");
             drm_output.direct = false;
         }
-        let render_fence = scanout_fence(&frame);
+        let render_fence = frame.render_fence();
+        if render_fence.is_none() && !frame.sync.is_reached() {
+            // Not exportable (drivers without EGL_ANDROID_native_fence_sync): our own GPU work,
+            // never a client's, waited for here.
+            if let Err(err) = frame.sync.wait() {
+                warn!("waiting for the frame's rendering: {err:?}");
+            }
+        }
         let queued = drm_output.kms.queue(
             &self.card,
             &self.fence_props,
             Scanned::Composited(slot),
-            render_fence.as_ref(),
+            render_fence.as_deref(),
             ScanoutFence::new(),
         );
         if !self.committed(index, queued)? {
@@ -741,27 +738,6 @@ impl State {
         if let Some(mut feedback) = flip.feedback.take() {
             let time = Duration::from_nanos(event.timestamp.as_nanos().max(0) as u64);
             feedback.presented::<_, smithay::utils::Monotonic>(time, refresh, flip.sequence, flags);
-        }
-    }
-}
-
-/// The render fence as a sync_file for `IN_FENCE_FD`; None when rendering has completed
-/// (pixman, or no fence). A fence that cannot be exported is waited for here: our own GPU
-/// work, never a client's, and only on drivers without EGL_ANDROID_native_fence_sync.
-fn scanout_fence(frame: &RenderedFrame) -> Option<SyncFile> {
-    match SyncFile::from_sync_point(&frame.sync) {
-        Ok(fence) => Some(fence),
-        Err(EglFenceError::NoFence) => None,
-        Err(err) => {
-            static WARNED: AtomicBool = AtomicBool::new(false);
-            if !WARNED.swap(true, Ordering::Relaxed) {
-                warn!(%err, "drm: the render fence cannot be exported as a sync_file: each \
-                    frame waits for its rendering on the CPU before the commit");
-            }
-            if let Err(err) = frame.sync.wait() {
-                warn!("waiting for the frame's rendering: {err:?}");
-            }
-            None
         }
     }
 }
