@@ -11,8 +11,13 @@
 //!   scanout tranche on the card;
 //! * a surface held on a never-signalled acquire point leaves another client's frames at the
 //!   rate they have alone;
-//! * a client leaving with an acquire point pending leaves no fd, framebuffer or dma-buf behind
-//!   in fencegate;
+//! * each commit carries an in-fence, read back from the kernel's own `dma_fence_wait_start`
+//!   tracepoint in the commit's tail (`common::fence_trace`): a direct scanout's is the
+//!   already signalled `stub` fence of a signalled syncobj, a composited frame's the render
+//!   fence (llvmpipe's is a `stub` fence too);
+//! * a client leaving with an acquire point pending leaves no fd, framebuffer, dma-buf, GEM
+//!   handle or syncobj handle behind in fencegate (handles asked of its own DRM files,
+//!   `common::leak_probe`);
 //! * the connector unplugged and plugged back turns the CRTC off and on again;
 //! * a second connector plugged in is driven on a CRTC of its own: a client fullscreen on it is
 //!   scanned out there while a window is composited on the first, and a window across both is
@@ -22,7 +27,7 @@
 //! * on vkms, a fullscreen client's buffer with someone else's pending implicit write fence is
 //!   scanned out at once: fencegate's signalled `IN_FENCE_FD` switches the implicit wait off;
 //! * a VT switch pauses the session and switching back resumes it: the surface shows new
-//!   content again, and no fd or framebuffer is left over.
+//!   content again, and no fd, framebuffer, GEM handle or syncobj handle is left over.
 //!
 //! On a machine without the guest each test prints SKIP and passes.
 
@@ -34,14 +39,17 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::drm_session::{DrmSession, SeatedChild, SeatedCommand};
+use common::fence_trace::{
+    commit_waits, flip_at, flip_file, parse_trace, CommitWaits, FenceTrace, TraceKind,
+};
 use common::kms_readback::{
     read_atomic_state, read_framebuffers, read_scanouts_at, FramebufferImage, Scanout,
 };
-use common::leak_probe::{dma_buf_count, open_fds};
+use common::leak_probe::{dma_buf_count, drm_handles, open_fds, HandleCensus};
 use common::vgem_fence::{signalled_sync_file, PendingFence};
 use common::{fencegate_bin, find_drm_node, require_device, vgem_card};
 
-use fence_bridge::{Access, DmaBuf, DrmDevice, FenceStatus};
+use fence_bridge::{Access, DmaBuf, DrmDevice, FenceStatus, Syncobj};
 use fencegate_clients::dmabuf_window::{DmabufWindow, FrameWait};
 use fencegate_clients::linux_dmabuf::XRGB8888;
 use fencegate_clients::options::{AllocatorChoice, DmabufWindowArgs};
@@ -178,6 +186,13 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// How many GEM and syncobj handles each DRM fd of `pid` has (`common::leak_probe`), keyed by
+/// fd and node.
+fn handle_counts(pid: i32) -> Vec<((i32, String), (usize, usize))> {
+    let census: HandleCensus = drm_handles(pid).expect("fencegate's GEM and syncobj handles");
+    census.counts().into_iter().collect()
 }
 
 /// Commits `buffer` (already drawn) and waits until it is presented; returns the presentation
@@ -363,6 +378,164 @@ fn a_fullscreen_dmabuf_is_scanned_out_and_released_by_the_next_flip() {
     fencegate.stop();
 }
 
+/// How far a traced flip event may be from the presentation time a client got for it.
+const FLIP_MATCH_NS: u64 = 2_000_000;
+
+#[test]
+fn commits_carry_an_in_fence_that_the_kernel_waits_for() {
+    let Some(session) = DrmSession::setup() else {
+        return;
+    };
+    let Some(card) = virtio_gpu_card() else {
+        return;
+    };
+    let trace = FenceTrace::start("in-fence").expect("a tracefs instance of our own");
+    let fencegate = Fencegate::start(session, &card, "in-fence");
+
+    // Composited frames: a window.
+    let mut win = DmabufWindow::open(&fencegate.window_args(&card, (48, 48), false), "in-win")
+        .expect("window");
+    let (mut pixels, buffer) = win.new_buffer().expect("buffer");
+    let mut composited = Vec::new();
+    for color in [0x204060, 0x406080, 0x6080a0] {
+        pixels.write(&solid(48, 48, color)).expect("draw");
+        let (at, flags) = commit_and_wait_presented(&mut win, &buffer);
+        assert_eq!(flags & ZERO_COPY, 0, "a window is composited");
+        composited.push(at);
+    }
+    drop(win);
+
+    // Client buffers scanned out directly: a fullscreen window.
+    let mut win = DmabufWindow::open(&fencegate.window_args(&card, (64, 64), true), "in-fs")
+        .expect("fullscreen window");
+    let (manager, device, sync) = explicit_sync(&win, &card);
+    // The in-fence fencegate puts on the plane for a client buffer, made the same way: a
+    // signalled syncobj on the card exported as a sync_file. Its names are what to look for.
+    let signalled = Syncobj::create_signaled(&device)
+        .and_then(|s| s.export_sync_file(0))
+        .expect("a signalled syncobj's sync_file");
+    let signalled = signalled.info().expect("SYNC_IOC_FILE_INFO");
+    eprintln!("a signalled syncobj exported as a sync_file: {signalled:?}");
+    assert_eq!(signalled.fences.len(), 1, "{signalled:?}");
+    let expected = &signalled.fences[0];
+    let mut direct = Vec::new();
+    // Kept until the end: a buffer destroyed while on screen would make fencegate composite.
+    let mut kept = Vec::new();
+    for (i, color) in [0xff0000, 0x00ff00, 0x0000ff].into_iter().enumerate() {
+        let (mut pixels, buffer) = win.new_buffer().expect("buffer");
+        let timeline = import_timeline(&win.client, &manager, &device).expect("timeline");
+        pixels
+            .write(&solid(win.size.0, win.size.1, color))
+            .expect("draw");
+        set_points(
+            &sync,
+            Some((&timeline.object, 1)),
+            Some((&timeline.object, 2)),
+        );
+        timeline.syncobj.signal_point(1).expect("acquire signalled");
+        let (at, flags) = commit_and_wait_presented(&mut win, &buffer);
+        assert_ne!(
+            flags & ZERO_COPY,
+            0,
+            "fullscreen frame {i} presented zero-copy"
+        );
+        direct.push(at);
+        kept.push((pixels, buffer, timeline));
+    }
+    drop((kept, sync, win));
+    let text = trace.text().expect("the trace");
+    let lost = trace.lost_events().expect("the trace's stats");
+    let log = fencegate.log();
+    trace
+        .stop()
+        .expect("tracing stopped and its instance removed");
+    fencegate.stop();
+    assert_eq!(lost, 0, "the trace lost events");
+
+    let events = parse_trace(&text);
+    // fencegate's file: the one the flip of its first zero-copy presentation went to.
+    let file = flip_file(&events, direct[0], FLIP_MATCH_NS).unwrap_or_else(|| {
+        panic!(
+            "no traced flip event within {FLIP_MATCH_NS} ns of the presentation at {} ns:\n{text}",
+            direct[0]
+        )
+    });
+    let commits = commit_waits(&events, &file);
+    let summary = |c: &CommitWaits| {
+        let waits: Vec<String> = c
+            .waits
+            .iter()
+            .map(|(t, f)| format!("{:.3} ms before: {f}", (c.flip_ns - t) as f64 / 1e6))
+            .collect();
+        format!("flip at {} ns: {waits:?}", c.flip_ns)
+    };
+    let flip = |at: u64, what: &str| -> &CommitWaits {
+        flip_at(&commits, at, FLIP_MATCH_NS).unwrap_or_else(|| {
+            panic!(
+                "no traced flip event within {FLIP_MATCH_NS} ns of {what} presented at {at} ns; \
+                 {} flips traced, {} events",
+                commits.len(),
+                events.len()
+            )
+        })
+    };
+    // Fences of the device's own driver are not in-fences: virtio-gpu may wait for its own in a
+    // plane update (none showed up in the guest).
+    let own = "virtio_gpu";
+    for (i, &at) in direct.iter().enumerate() {
+        let commit = flip(at, &format!("fullscreen frame {i}"));
+        let in_fences = commit.in_fences(own);
+        eprintln!(
+            "fullscreen frame {i} presented at {at} ns: {}",
+            summary(commit)
+        );
+        assert!(
+            in_fences
+                .iter()
+                .any(|f| f.driver == expected.driver_name && f.timeline == expected.timeline_name),
+            "the commit that scanned out fullscreen frame {i} waited for a {}:{} fence (the \
+             signalled syncobj's): {}",
+            expected.driver_name,
+            expected.timeline_name,
+            summary(commit)
+        );
+    }
+    // A composited frame's in-fence is the render fence: GLES gives one (an
+    // EGL_ANDROID_native_fence_sync fence exported as a sync_file; llvmpipe's is the kernel's
+    // stub, already signalled) unless fencegate said it cannot export it (then it waits on the
+    // CPU and commits without one); pixman renders on the CPU and has none.
+    let render_fence =
+        log.contains("renderer gles") && !log.contains("the render fence cannot be exported");
+    for (i, &at) in composited.iter().enumerate() {
+        let commit = flip(at, &format!("composited frame {i}"));
+        let in_fences = commit.in_fences(own);
+        eprintln!(
+            "composited frame {i} presented at {at} ns: {}",
+            summary(commit)
+        );
+        if render_fence {
+            assert!(
+                !in_fences.is_empty(),
+                "the commit of composited frame {i} waited for the render fence: {}",
+                summary(commit)
+            );
+        }
+    }
+    if !render_fence {
+        eprintln!("no render fence on this setup (fencegate's log):\n{log}");
+    }
+    let waits = events
+        .iter()
+        .filter(|e| matches!(e.kind, TraceKind::FenceWaitStart(_)))
+        .count();
+    eprintln!(
+        "{} flips and {waits} fence waits traced; {} fullscreen and {} composited frames checked",
+        commits.len(),
+        direct.len(),
+        composited.len()
+    );
+}
+
 #[test]
 fn a_stuck_surface_leaves_another_clients_frames_at_full_rate() {
     let Some((fencegate, card)) = fencegate_on_virtio_gpu("stuck") else {
@@ -474,6 +647,7 @@ fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
                 .expect("debugfs framebuffers")
                 .len(),
             dma_buf_count().expect("dma-bufs"),
+            handle_counts(pid),
         )
     };
     one_client(0x112233, false);
@@ -485,6 +659,7 @@ fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
     });
     let before = count();
     let fds_before = open_fds(pid).expect("fencegate's fds");
+    let handles_before = drm_handles(pid).expect("fencegate's GEM and syncobj handles");
     for i in 0..3 {
         one_client(0x400000 * (i + 1), true);
     }
@@ -498,8 +673,11 @@ fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
     while count() != before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
+    let handles_after = drm_handles(pid).expect("fencegate's GEM and syncobj handles");
     eprintln!(
-        "fencegate's (fds, framebuffers, dma-bufs): {before:?} before, {:?} after",
+        "fencegate's (fds, framebuffers, dma-bufs, (GEM, syncobj) handles per DRM fd): \
+         {before:?} before, {:?} after\nhandles before: {handles_before}\nhandles after: \
+         {handles_after}",
         count()
     );
     let fds_after = open_fds(pid).expect("fencegate's fds");
@@ -514,7 +692,9 @@ fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
     assert_eq!(
         count(),
         before,
-        "(fds, framebuffers, dma-bufs) as before; fds new {new:?}, gone {gone:?}"
+        "(fds, framebuffers, dma-bufs, handles) as before; fds new {new:?}, gone {gone:?}; \
+         handles: {:?}",
+        handles_after.changes_since(&handles_before)
     );
     fencegate.stop();
 }
@@ -602,9 +782,11 @@ fn a_vt_switch_pauses_and_resumes_the_session() {
             read_framebuffers(&card)
                 .expect("debugfs framebuffers")
                 .len(),
+            handle_counts(pid),
         )
     };
     let before = count();
+    let handles_before = drm_handles(pid).expect("fencegate's GEM and syncobj handles");
 
     chvt("2");
     eventually("the session paused", || {
@@ -633,14 +815,18 @@ fn a_vt_switch_pauses_and_resumes_the_session() {
     while count() != before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
+    let handles_after = drm_handles(pid).expect("fencegate's GEM and syncobj handles");
     eprintln!(
-        "fencegate's (fds, framebuffers): {before:?} before the VT switch, {:?} after",
+        "fencegate's (fds, framebuffers, (GEM, syncobj) handles per DRM fd): {before:?} \
+         before the VT switch, {:?} after\nhandles before: {handles_before}\nhandles after: \
+         {handles_after}",
         count()
     );
     assert_eq!(
         count(),
         before,
-        "(fds, framebuffers) as before the VT switch"
+        "(fds, framebuffers, handles) as before the VT switch; handles: {:?}",
+        handles_after.changes_since(&handles_before)
     );
     drop(win);
     fencegate.stop();
@@ -963,4 +1149,56 @@ fn a_signalled_in_fence_keeps_implicit_fences_from_holding_a_scanout_on_vkms() {
     drop(sync);
     drop(win);
     fencegate.stop();
+}
+
+/// Lines of a fence trace as the guest's 6.12 kernel writes them (`common::fence_trace`); the
+/// `virtio_gpu` wait is made up (none showed up in the guest), to be left out of the in-fences.
+#[test]
+fn parses_fence_and_flip_trace_lines_of_linux_6_12() {
+    let text = "\
+# tracer: nop
+#
+#           TASK-PID     CPU#  |||||  TIMESTAMP  FUNCTION
+#              | |         |   |||||     |         |
+     kworker/1:1-46      [001] d..1.    10.774081: drm_vblank_event_delivered: file=0000000000000000, crtc=0, seq=0
+    kworker/u8:0-12      [001] .....    24.077660: dma_fence_wait_start: driver=stub timeline=stub context=0 seqno=0
+    kworker/u8:0-12      [001] .....    24.077680: dma_fence_wait_end: driver=stub timeline=stub context=0 seqno=0
+    kworker/u8:0-12      [001] d..1.    24.077823: drm_vblank_event_delivered: file=0000000014f59e65, crtc=0, seq=0
+    kworker/u8:0-12      [001] .....    24.100000: dma_fence_wait_start: driver=virtio_gpu timeline=controlq context=5 seqno=9
+    kworker/u8:0-12      [001] d..1.    24.107727: drm_vblank_event_delivered: file=0000000014f59e65, crtc=0, seq=0
+    kworker/u8:0-12      [001] .....    24.133417: dma_fence_wait_start: driver=stub timeline=stub context=0 seqno=0
+";
+    let events = parse_trace(text);
+    assert_eq!(events.len(), 7, "{events:?}");
+    assert_eq!(events[0].task, "kworker/1:1-46");
+    assert_eq!(events[1].time_ns, 24_077_660_000);
+    assert_eq!(
+        events[3].kind,
+        TraceKind::VblankDelivered {
+            file: "0000000014f59e65".into(),
+            crtc: 0,
+            seq: 0
+        }
+    );
+    let TraceKind::FenceWaitStart(stub) = &events[1].kind else {
+        panic!("{:?}", events[1]);
+    };
+    assert_eq!(
+        (stub.driver.as_str(), stub.timeline.as_str()),
+        ("stub", "stub")
+    );
+
+    let file = flip_file(&events, 24_077_817_000, FLIP_MATCH_NS).expect("a flip near");
+    assert_eq!(file, "0000000014f59e65");
+    assert_eq!(flip_file(&events, 30_000_000_000, FLIP_MATCH_NS), None);
+    // fbcon's flip (file 0) does not split fencegate's commits; the wait after the last flip
+    // belongs to no flip yet.
+    let commits = commit_waits(&events, &file);
+    assert_eq!(commits.len(), 2, "{commits:?}");
+    assert_eq!(commits[0].previous_flip_ns, 0);
+    assert_eq!(commits[0].in_fences("virtio_gpu"), [stub]);
+    assert_eq!(commits[1].waits.len(), 1);
+    assert!(commits[1].in_fences("virtio_gpu").is_empty());
+    let second = flip_at(&commits, 24_107_720_000, FLIP_MATCH_NS).expect("the second flip");
+    assert_eq!(second.previous_flip_ns, 24_077_823_000);
 }

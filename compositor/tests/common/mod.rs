@@ -7,6 +7,7 @@
 pub mod check_report;
 pub mod dmabuf;
 pub mod drm_session;
+pub mod fence_trace;
 pub mod kms_readback;
 pub mod leak_probe;
 pub mod protocol_errors;
