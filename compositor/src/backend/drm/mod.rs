@@ -12,9 +12,10 @@
 //! # Fences
 //! Client fences never reach the display: a surface state is latched only once its acquire
 //! fences have signalled (`fencegate_protocols::commit_blocker`), so a frame never waits for a
-//! client and no client can delay a commit. The one in-fence a commit carries is fencegate's own
-//! render fence, on the primary plane's `IN_FENCE_FD`; each commit also asks for the CRTC's
-//! `OUT_FENCE_PTR` fence.
+//! client and no client can delay a commit. The in-fence a commit puts on the primary plane's
+//! `IN_FENCE_FD` is fencegate's own: the render fence of a composited frame, or an already
+//! signalled fence for a client buffer scanned out directly (see `direct_scanout`). Each commit
+//! also asks for the CRTC's `OUT_FENCE_PTR` fence.
 //!
 //! # Session
 //! When the session is paused (VT switch, Ctrl+Alt+F<n>), DRM master and input are gone: no
