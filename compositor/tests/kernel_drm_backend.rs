@@ -373,6 +373,16 @@ fn a_fullscreen_dmabuf_is_scanned_out_and_released_by_the_next_flip() {
         tranche.formats.iter().any(|&(f, _)| f == XRGB8888),
         "{tranche:?}"
     );
+    let default = &win.linux_dmabuf.info;
+    assert!(
+        default.feedback_done && !default.tranches.is_empty(),
+        "the default feedback arrived: {default:?}"
+    );
+    assert!(
+        default.tranches.iter().all(|t| !t.scanout),
+        "the default (render) feedback has no scanout tranche: {:?}",
+        default.tranches
+    );
     drop(sync);
     drop(win);
     fencegate.stop();
