@@ -100,9 +100,20 @@ impl State {
 
     fn output_frame(&mut self, output: &Output, capture: bool, plan_due: bool) {
         let frame = match self.backend.render(&self.core, output, capture) {
-            Ok(frame) => frame,
+            Ok(frame) => {
+                if self.core.frame_errors.remove(&output.name()).is_some() {
+                    info!(output = %output.name(), "frames render again");
+                }
+                frame
+            }
             Err(err) => {
-                error!(output = %output.name(), "frame failed: {err:#}");
+                // Said once while it lasts, not at every tick.
+                let err = format!("{err:#}");
+                if self.core.frame_errors.get(&output.name()) != Some(&err) {
+                    error!(output = %output.name(), "frame failed (said again only if the \
+                        error changes): {err}");
+                    self.core.frame_errors.insert(output.name(), err);
+                }
                 return;
             }
         };

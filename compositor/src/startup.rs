@@ -216,6 +216,7 @@ fn build_state(
         exit_code: None,
         frames_rendered: 0,
         frame_interval: Duration::from_secs_f64(1000.0 / f64::from(config_refresh_mhz.max(1))),
+        frame_errors: HashMap::new(),
         surfaces_alive: 0,
         capture_requests: Vec::new(),
         client_log: Default::default(),

@@ -89,6 +89,8 @@ pub struct Core {
     pub frames_rendered: u64,
     /// The frame timer's period: the shortest refresh period of the outputs.
     pub frame_interval: Duration,
+    /// The last frame error of each output whose frames fail, by output name (logged once).
+    pub frame_errors: HashMap<String, String>,
     /// wl_surfaces that exist now, across all clients (a leak shows here).
     pub surfaces_alive: usize,
     /// Asked-for captures of the next frame (embedders and tests).

@@ -84,11 +84,17 @@ struct Fencegate {
 
 impl Fencegate {
     fn start(session: &DrmSession, card: &Path, tag: &str) -> Fencegate {
+        Fencegate::start_with(session, card, tag, &[])
+    }
+
+    /// [`Fencegate::start`] with more arguments for fencegate.
+    fn start_with(session: &DrmSession, card: &Path, tag: &str, more: &[&str]) -> Fencegate {
         let socket = session.runtime_dir.join(format!("fencegate-{tag}"));
         let _ = std::fs::remove_file(&socket);
         let child = SeatedCommand::new(&format!("fencegate-{tag}"), fencegate_bin())
             .args(["--backend", "drm", "--drm-device"])
             .arg(card)
+            .args(more)
             .arg("--socket")
             .arg(&socket)
             .env("RUST_LOG", "info,smithay=warn")
@@ -238,13 +244,27 @@ fn a_client_window_is_on_the_screen_of_vkms() {
     window_on_the_screen(Fencegate::start(session, &card, "vkms"), &card);
 }
 
+#[test]
+fn a_client_window_is_on_the_screen_with_pixman() {
+    let Some(session) = DrmSession::setup() else {
+        return;
+    };
+    let Some(card) = virtio_gpu_card() else {
+        return;
+    };
+    let fencegate = Fencegate::start_with(session, &card, "pixman", &["--pixman"]);
+    let log = fencegate.log();
+    assert!(log.contains("drm: pixman renderer"), "{log}");
+    window_on_the_screen(fencegate, &card);
+}
+
 /// A window's pixels are in the framebuffer `card` scans out, composited by the software
-/// renderer that fencegate says it supports.
+/// renderer that fencegate says it supports (or pixman, when asked for).
 fn window_on_the_screen(fencegate: Fencegate, card: &Path) {
     let log = fencegate.log();
     assert!(log.contains("backend Drm"), "{log}");
     assert!(
-        log.contains("a supported configuration"),
+        log.contains("a supported configuration") || log.contains("drm: pixman renderer"),
         "the software renderer on a KMS device is said to be supported:\n{log}"
     );
 

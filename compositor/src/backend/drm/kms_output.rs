@@ -28,9 +28,9 @@ use drm::control::{
 use drm::{ClientCapability, Device as _};
 use fence_bridge::{FenceProps, FencedCommit, OutFence, SyncFile};
 use fencegate_protocols::ScanoutFence;
-use smithay::backend::allocator::dmabuf::{AsDmabuf, Dmabuf};
+use smithay::backend::allocator::dmabuf::{AsDmabuf, Dmabuf, DmabufFlags};
 use smithay::backend::allocator::gbm::{GbmAllocator, GbmBuffer};
-use smithay::backend::allocator::{Fourcc, Modifier, Slot, Swapchain};
+use smithay::backend::allocator::{Buffer as _, Fourcc, Modifier, Slot, Swapchain};
 use smithay::backend::drm::gbm::{framebuffer_from_bo, GbmFramebuffer};
 use smithay::backend::drm::DrmDeviceFd;
 use smithay::backend::renderer::utils::{Buffer, CommitCounter};
@@ -102,7 +102,7 @@ pub struct KmsOutput {
     pub mode: Mode,
     props: Props,
     swapchain: Swapchain<GbmAllocator<DrmDeviceFd>>,
-    allocator: GbmAllocator<DrmDeviceFd>,
+    buffers: ScanoutBuffers,
     /// False while the connector is disconnected: nothing is committed.
     enabled: bool,
     /// The next commit must set the mode (first frame, after a session resume).
@@ -115,13 +115,13 @@ pub struct KmsOutput {
 
 impl KmsOutput {
     /// Drives the connector `info` (named `name`) with a CRTC that can, other than those in
-    /// `taken`, through that CRTC's primary plane; buffers come from `allocator`.
+    /// `taken`, through that CRTC's primary plane; its frames are drawn into `buffers`.
     pub fn new(
         card: &DrmDeviceFd,
         info: &connector::Info,
         name: String,
         taken: &[crtc::Handle],
-        allocator: GbmAllocator<DrmDeviceFd>,
+        buffers: ScanoutBuffers,
     ) -> anyhow::Result<KmsOutput> {
         let resources = card.resource_handles().context("DRM resources")?;
         let mode = preferred_mode(info.modes());
@@ -135,7 +135,7 @@ impl KmsOutput {
         let plane = primary_plane(card, &resources, crtc)?;
         let props = Props::find(card, info.handle(), crtc, plane)?;
         let (width, height) = mode.size();
-        let swapchain = new_swapchain(&allocator, mode);
+        let swapchain = new_swapchain(&buffers, mode);
         info!(
             connector = %name,
             mode = %format!("{}x{}@{}", width, height, mode.vrefresh()),
@@ -151,7 +151,7 @@ impl KmsOutput {
             mode,
             props,
             swapchain,
-            allocator,
+            buffers,
             enabled: true,
             needs_modeset: true,
             in_flight: None,
@@ -222,7 +222,7 @@ impl KmsOutput {
     /// Turns the output on again with `mode` (the connector is back); the next frame sets it.
     pub fn enable(&mut self, mode: Mode) {
         if mode.size() != self.mode.size() {
-            self.swapchain = new_swapchain(&self.allocator, mode);
+            self.swapchain = new_swapchain(&self.buffers, mode);
         } else {
             self.swapchain.reset_buffer_ages();
         }
@@ -246,9 +246,12 @@ impl KmsOutput {
             let framebuffer = framebuffer_from_bo(card, &slot, false)
                 .map_err(|err| anyhow!("adding a framebuffer for a scanout buffer: {err}"))?;
             slot.userdata().insert_if_missing(|| framebuffer);
-            let dmabuf = slot
-                .export()
-                .map_err(|err| anyhow!("exporting a scanout buffer: {err}"))?;
+            let dmabuf = if self.buffers.linear {
+                writable_linear_dmabuf(card, &slot)?
+            } else {
+                slot.export()
+                    .map_err(|err| anyhow!("exporting a scanout buffer: {err}"))?
+            };
             slot.userdata().insert_if_missing(|| dmabuf);
         }
         let dmabuf = slot
@@ -526,19 +529,53 @@ fn preferred_mode(modes: &[Mode]) -> Mode {
         .unwrap_or(modes[0])
 }
 
-fn new_swapchain(
-    allocator: &GbmAllocator<DrmDeviceFd>,
-    mode: Mode,
-) -> Swapchain<GbmAllocator<DrmDeviceFd>> {
+/// Where an output's swapchain buffers come from, and in which layout.
+#[derive(Clone)]
+pub struct ScanoutBuffers {
+    /// With GBM's `LINEAR` flag when `linear`.
+    pub allocator: GbmAllocator<DrmDeviceFd>,
+    /// Linear buffers, for pixman, which draws into nothing else. Otherwise GBM picks the
+    /// layout the device scans out best (for GLES).
+    pub linear: bool,
+}
+
+fn new_swapchain(buffers: &ScanoutBuffers, mode: Mode) -> Swapchain<GbmAllocator<DrmDeviceFd>> {
     let (width, height) = mode.size();
+    let modifier = if buffers.linear {
+        Modifier::Linear
+    } else {
+        Modifier::Invalid
+    };
     Swapchain::new(
-        allocator.clone(),
+        buffers.allocator.clone(),
         u32::from(width),
         u32::from(height),
         SCANOUT_FORMAT,
-        // No modifier list: GBM picks the layout the device can scan out.
-        vec![Modifier::Invalid],
+        vec![modifier],
     )
+}
+
+/// A linear GBM buffer as a dma-buf pixman can draw into: exported read-write (GBM's own
+/// export is read-only, and pixman maps it for writing), and described as linear (a driver
+/// without modifier support, as kms_swrast, allocates a buffer asked for with GBM's `LINEAR`
+/// flag under the implicit modifier; its layout is linear all the same).
+fn writable_linear_dmabuf(card: &DrmDeviceFd, buffer: &GbmBuffer) -> anyhow::Result<Dmabuf> {
+    let fd = card
+        .buffer_to_prime_fd(
+            drm::buffer::Buffer::handle(&**buffer),
+            (libc::O_CLOEXEC | libc::O_RDWR) as u32,
+        )
+        .context("exporting a scanout buffer read-write")?;
+    let mut builder = Dmabuf::builder(
+        buffer.size(),
+        buffer.format().code,
+        Modifier::Linear,
+        DmabufFlags::empty(),
+    );
+    builder.add_plane(fd, 0, buffer.offset(0), buffer.stride());
+    builder
+        .build()
+        .ok_or_else(|| anyhow!("a scanout buffer with no planes"))
 }
 
 /// Names and ids of the properties attached to `object`.

@@ -62,7 +62,7 @@ use smithay::wayland::presentation::Refresh;
 use tracing::{debug, error, info, warn};
 
 use self::direct_scanout::ClientFramebuffers;
-use self::kms_output::{is_not_master, KmsOutput, Scanned};
+use self::kms_output::{is_not_master, KmsOutput, Scanned, ScanoutBuffers};
 use self::scanout_feedback::ScanoutFeedback;
 use super::guarded_gles::GuardedGles;
 use crate::output_hotplug::OutputSpec;
@@ -77,8 +77,8 @@ pub struct Drm {
     renderer: ScanoutRenderer,
     /// Every output driven, in the order found; an unplugged one stays, disabled.
     outputs: Vec<DrmOutput>,
-    /// GBM allocator for the outputs' swapchains (one more for an output plugged in later).
-    allocator: GbmAllocator<DrmDeviceFd>,
+    /// Where the outputs' swapchains come from (one more for an output plugged in later).
+    buffers: ScanoutBuffers,
     client_framebuffers: ClientFramebuffers,
     /// An already signalled sync_file: the in-fence of a client buffer scanned out directly,
     /// which switches off the kernel's implicit-fence wait (see `direct_scanout`). None where
@@ -216,15 +216,20 @@ impl Drm {
             }
         };
 
-        let allocator = GbmAllocator::new(
-            gbm.clone(),
-            GbmBufferFlags::RENDERING | GbmBufferFlags::SCANOUT,
-        );
+        let linear = matches!(renderer, ScanoutRenderer::Pixman(_));
+        let mut flags = GbmBufferFlags::RENDERING | GbmBufferFlags::SCANOUT;
+        if linear {
+            flags |= GbmBufferFlags::LINEAR;
+        }
+        let buffers = ScanoutBuffers {
+            allocator: GbmAllocator::new(gbm.clone(), flags),
+            linear,
+        };
         kms_output::enable_atomic(&card)?;
         let mut outputs: Vec<DrmOutput> = Vec::new();
         for (info, name) in kms_output::connected_connectors(&card)? {
             let taken: Vec<_> = outputs.iter().map(|o| o.kms.crtc).collect();
-            match KmsOutput::new(&card, &info, name.clone(), &taken, allocator.clone()) {
+            match KmsOutput::new(&card, &info, name.clone(), &taken, buffers.clone()) {
                 Ok(kms) => outputs.push(DrmOutput::new(kms)),
                 Err(err) => warn!(connector = %name, "drm: not driven: {err:#}"),
             }
@@ -282,7 +287,7 @@ impl Drm {
                 gbm,
                 renderer,
                 outputs,
-                allocator,
+                buffers,
                 client_framebuffers: ClientFramebuffers::default(),
                 signalled,
                 feedback,
@@ -685,7 +690,7 @@ impl Drm {
                 &info,
                 name.clone(),
                 &taken,
-                self.allocator.clone(),
+                self.buffers.clone(),
             ) {
                 Ok(kms) => {
                     let output = DrmOutput::new(kms);
