@@ -26,6 +26,8 @@
 //!   (`SYNC_IOC_SET_DEADLINE`, seen with strace);
 //! * on vkms, a fullscreen client's buffer with someone else's pending implicit write fence is
 //!   scanned out at once: fencegate's signalled `IN_FENCE_FD` switches the implicit wait off;
+//! * a virtual keyboard and mouse (uinput) reach clients through libinput, and Ctrl+Alt+F2
+//!   switches VT;
 //! * a VT switch pauses the session and switching back resumes it: the surface shows new
 //!   content again, and no fd, framebuffer, GEM handle or syncobj handle is left over.
 //!
@@ -46,6 +48,7 @@ use common::kms_readback::{
     read_atomic_state, read_framebuffers, read_scanouts_at, FramebufferImage, Scanout,
 };
 use common::leak_probe::{dma_buf_count, drm_handles, open_fds, HandleCensus};
+use common::uinput::{VirtualInput, KEY_A, KEY_F2, KEY_LEFTALT, KEY_LEFTCTRL};
 use common::vgem_fence::{signalled_sync_file, PendingFence};
 use common::{fencegate_bin, find_drm_node, require_device, vgem_card};
 
@@ -55,9 +58,10 @@ use fencegate_clients::linux_dmabuf::XRGB8888;
 use fencegate_clients::options::{AllocatorChoice, DmabufWindowArgs};
 use fencegate_clients::paint::solid;
 use fencegate_clients::syncobj_timeline::{
-    bind_manager, import_timeline, open_timeline_device, set_points, wait_signalled,
+    bind_manager, import_timeline, open_timeline_device, set_points, wait_signalled, Timeline,
 };
-use fencegate_clients::IgnoreEvents;
+use fencegate_clients::{EventLog, IgnoreEvents};
+use wayland_client::protocol::wl_seat::WlSeat;
 use wayland_protocols::wp::linux_explicit_synchronization::zv1::client::zwp_linux_explicit_synchronization_v1::ZwpLinuxExplicitSynchronizationV1;
 use wayland_protocols::wp::linux_drm_syncobj::v1::client::{
     wp_linux_drm_syncobj_manager_v1::WpLinuxDrmSyncobjManagerV1,
@@ -183,6 +187,29 @@ fn scanout(card: &Path) -> Scanout {
     let mut scanouts = read_scanouts_at(card).expect("reading the scanout back");
     assert_eq!(scanouts.len(), 1, "one active CRTC: {scanouts:?}");
     scanouts.remove(0)
+}
+
+/// Sets acquire point 1 and release point 2 of `timeline` on the surface, as every test here
+/// does.
+fn points_1_and_2(sync: &WpLinuxDrmSyncobjSurfaceV1, timeline: &Timeline) {
+    set_points(
+        sync,
+        Some((&timeline.object, 1)),
+        Some((&timeline.object, 2)),
+    );
+}
+
+/// Commits `buffer` (already drawn) with acquire point 1, signalled first, and release point 2
+/// of `timeline`, and waits until it is presented (see [`commit_and_wait_presented`]).
+fn commit_signalled_and_wait_presented(
+    win: &mut DmabufWindow,
+    sync: &WpLinuxDrmSyncobjSurfaceV1,
+    timeline: &Timeline,
+    buffer: &wayland_client::protocol::wl_buffer::WlBuffer,
+) -> (u64, u32) {
+    points_1_and_2(sync, timeline);
+    timeline.syncobj.signal_point(1).expect("acquire signalled");
+    commit_and_wait_presented(win, buffer)
 }
 
 /// Polls `f` until it holds, for `GENEROUS`.
@@ -331,13 +358,9 @@ fn a_fullscreen_dmabuf_is_scanned_out_and_released_by_the_next_flip() {
         pixels
             .write(&solid(win.size.0, win.size.1, colors[i]))
             .expect("draw");
-        set_points(
-            &sync,
-            Some((&timeline.object, 1)),
-            Some((&timeline.object, 2)),
-        );
-        timeline.syncobj.signal_point(1).expect("acquire signalled");
-        presented.push(commit_and_wait_presented(&mut win, buffer));
+        presented.push(commit_signalled_and_wait_presented(
+            &mut win, &sync, timeline, buffer,
+        ));
         // The display shows the client's buffer itself.
         let shown = scanout(&card);
         let image = shown.image.expect("a framebuffer");
@@ -457,13 +480,7 @@ fn commits_carry_an_in_fence_that_the_kernel_waits_for() {
         pixels
             .write(&solid(win.size.0, win.size.1, color))
             .expect("draw");
-        set_points(
-            &sync,
-            Some((&timeline.object, 1)),
-            Some((&timeline.object, 2)),
-        );
-        timeline.syncobj.signal_point(1).expect("acquire signalled");
-        let (at, flags) = commit_and_wait_presented(&mut win, &buffer);
+        let (at, flags) = commit_signalled_and_wait_presented(&mut win, &sync, &timeline, &buffer);
         assert_ne!(
             flags & ZERO_COPY,
             0,
@@ -606,11 +623,7 @@ fn a_stuck_surface_leaves_another_clients_frames_at_full_rate() {
     let (mut stuck_pixels, stuck_buffer) = stuck.new_buffer().expect("buffer");
     stuck_pixels.write(&solid(48, 48, 0xff0000)).expect("draw");
     let timeline = import_timeline(&stuck.client, &manager, &device).expect("timeline");
-    set_points(
-        &sync,
-        Some((&timeline.object, 1)),
-        Some((&timeline.object, 2)),
-    );
+    points_1_and_2(&sync, &timeline);
     stuck.commit(&stuck_buffer).expect("commit");
     stuck.client.roundtrip().expect("roundtrip");
 
@@ -646,13 +659,7 @@ fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
         pixels
             .write(&solid(win.size.0, win.size.1, color))
             .expect("draw");
-        set_points(
-            &sync,
-            Some((&timeline.object, 1)),
-            Some((&timeline.object, 2)),
-        );
-        timeline.syncobj.signal_point(1).expect("signal");
-        commit_and_wait_presented(&mut win, &buffer);
+        commit_signalled_and_wait_presented(&mut win, &sync, &timeline, &buffer);
         if leave_pending {
             // The next commit waits on a point that never signals; then the client is gone.
             let (mut pixels, buffer) = win.new_buffer().expect("buffer");
@@ -660,11 +667,7 @@ fn a_client_leaving_with_a_pending_fence_leaves_nothing_behind() {
                 .write(&solid(win.size.0, win.size.1, !color))
                 .expect("draw");
             let pending = import_timeline(&win.client, &manager, &device).expect("timeline");
-            set_points(
-                &sync,
-                Some((&pending.object, 1)),
-                Some((&pending.object, 2)),
-            );
+            points_1_and_2(&sync, &pending);
             win.commit(&buffer).expect("commit");
             win.client.roundtrip().expect("roundtrip");
         }
@@ -1049,13 +1052,7 @@ fn every_connected_output_is_driven_on_its_own() {
     }
     across.client.roundtrip().expect("imports accepted");
     for (buffer, timeline) in &buffers {
-        set_points(
-            &sync,
-            Some((&timeline.object, 1)),
-            Some((&timeline.object, 2)),
-        );
-        timeline.syncobj.signal_point(1).expect("acquire signalled");
-        commit_and_wait_presented(&mut across, buffer);
+        commit_signalled_and_wait_presented(&mut across, &sync, timeline, buffer);
         let shown = showing();
         let on_each = [on_mode(&shown, first_mode), on_mode(&shown, second_mode)]
             .map(|image| count(image, across_color));
@@ -1231,4 +1228,80 @@ fn parses_fence_and_flip_trace_lines_of_linux_6_12() {
     assert!(commits[1].in_fences("virtio_gpu").is_empty());
     let second = flip_at(&commits, 24_107_720_000, FLIP_MATCH_NS).expect("the second flip");
     assert_eq!(second.previous_flip_ns, 24_077_823_000);
+}
+
+/// Input through the session: a virtual keyboard and mouse (uinput), found by udev, opened by
+/// libinput through seatd. Moving the mouse over a window gives its client `wl_pointer.enter`,
+/// a key reaches the focused client as `wl_keyboard.key`, and Ctrl+Alt+F2 switches VT (the
+/// session pauses; `chvt 1` brings it back).
+#[test]
+fn a_keyboard_and_mouse_reach_clients_and_switch_vt() {
+    let Some(session) = DrmSession::setup() else {
+        return;
+    };
+    let Some(card) = virtio_gpu_card() else {
+        return;
+    };
+    let fencegate = Fencegate::start(session, &card, "input");
+    let mut input = VirtualInput::new("fencegate test keyboard and mouse").expect("uinput");
+    let mut win = DmabufWindow::open(&fencegate.window_args(&card, (96, 64), false), "input")
+        .expect("window");
+    let (mut pixels, buffer) = win.new_buffer().expect("buffer");
+    pixels.write(&solid(96, 64, 0x6699cc)).expect("draw");
+    commit_and_wait_presented(&mut win, &buffer);
+
+    let (seat_log, pointer_log, keyboard_log) = (EventLog::new(), EventLog::new(), EventLog::new());
+    let seat: WlSeat = win
+        .client
+        .bind_global(7, seat_log.clone())
+        .expect("wl_seat");
+    win.client
+        .dispatch_until(GENEROUS, "the seat's capabilities", |_| {
+            seat_log.contains("Capabilities")
+        })
+        .expect("capabilities");
+    let _pointer = seat.get_pointer(win.client.qh(), pointer_log.clone());
+    let _keyboard = seat.get_keyboard(win.client.qh(), keyboard_log.clone());
+    win.client.roundtrip().expect("roundtrip");
+
+    // The pointer starts at the top-left corner; the window is at the cascade's first place.
+    let deadline = Instant::now() + GENEROUS;
+    while !pointer_log.contains("Enter") {
+        assert!(
+            Instant::now() < deadline,
+            "no wl_pointer.enter: {:?}\n{}",
+            pointer_log.events(),
+            fencegate.log()
+        );
+        input.move_by(8, 8).expect("moving the mouse");
+        let _ = win
+            .client
+            .dispatch_until(Duration::from_millis(200), "pointer", |_| {
+                pointer_log.contains("Enter")
+            });
+    }
+
+    input.chord(&[KEY_A]).expect("typing a");
+    win.client
+        .dispatch_until(GENEROUS, "the key", |_| keyboard_log.contains("key: 30"))
+        .unwrap_or_else(|err| panic!("{err}: {:?}", keyboard_log.events()));
+
+    input
+        .chord(&[KEY_LEFTCTRL, KEY_LEFTALT, KEY_F2])
+        .expect("Ctrl+Alt+F2");
+    eventually("the session paused by Ctrl+Alt+F2", || {
+        fencegate.log().contains("drm: session paused")
+    });
+    let ok = std::process::Command::new("busybox")
+        .args(["chvt", "1"])
+        .status()
+        .expect("busybox chvt")
+        .success();
+    assert!(ok, "chvt 1");
+    eventually("the session resumed", || {
+        fencegate.log().contains("drm: session resumed")
+    });
+    drop(input);
+    drop(win);
+    fencegate.stop();
 }

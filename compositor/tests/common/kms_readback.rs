@@ -215,12 +215,13 @@ struct DrmModeFbCmd2 {
 }
 const _: () = assert!(std::mem::size_of::<DrmModeFbCmd2>() == 104);
 
+/// `struct drm_mode_map_dumb` (also the GEM handle probe of `leak_probe`).
 #[repr(C)]
 #[derive(Default)]
-struct DrmModeMapDumb {
-    handle: u32,
-    pad: u32,
-    offset: u64,
+pub struct DrmModeMapDumb {
+    pub handle: u32,
+    pub pad: u32,
+    pub offset: u64,
 }
 
 #[repr(C)]
@@ -237,7 +238,8 @@ struct DrmGemClose {
 }
 
 const DRM_IOCTL_MODE_GETFB2: u64 = 0xc068_64ce;
-const DRM_IOCTL_MODE_MAP_DUMB: u64 = 0xc010_64b3;
+/// `DRM_IOWR(0xB3, struct drm_mode_map_dumb)`
+pub const DRM_IOCTL_MODE_MAP_DUMB: u64 = 0xc010_64b3;
 const DRM_IOCTL_PRIME_HANDLE_TO_FD: u64 = 0xc00c_642d;
 const DRM_IOCTL_GEM_CLOSE: u64 = 0x4008_6409;
 const DMA_BUF_IOCTL_SYNC: u64 = 0x4008_6200;

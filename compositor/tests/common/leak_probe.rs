@@ -46,7 +46,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use super::kms_readback::debugfs_dir;
+use super::kms_readback::{debugfs_dir, DrmModeMapDumb, DRM_IOCTL_MODE_MAP_DUMB};
 
 /// What an fd of a process is, from its `/proc/PID/fd` link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -480,14 +480,6 @@ fn scan(mut probe: impl FnMut(u32) -> io::Result<Probe>) -> io::Result<Handles> 
 }
 
 #[repr(C)]
-#[derive(Default)]
-struct DrmModeMapDumb {
-    handle: u32,
-    pad: u32,
-    offset: u64,
-}
-
-#[repr(C)]
 struct DrmSyncobjTimelineArray {
     handles: u64,
     points: u64,
@@ -508,8 +500,6 @@ struct DrmVirtgpuResourceInfo {
 /// drm_virtgpu_resource_info)`: virtio-gpu only (another driver's ioctl has this number).
 const DRM_IOCTL_VIRTGPU_RESOURCE_INFO: u64 = 0xc010_6445;
 const _: () = assert!(std::mem::size_of::<DrmVirtgpuResourceInfo>() == 16);
-/// `DRM_IOWR(0xB3, struct drm_mode_map_dumb)`
-const DRM_IOCTL_MODE_MAP_DUMB: u64 = 0xc010_64b3;
 /// `DRM_IOWR(0xCB, struct drm_syncobj_timeline_array)`
 const DRM_IOCTL_SYNCOBJ_QUERY: u64 = 0xc018_64cb;
 const _: () = assert!(std::mem::size_of::<DrmModeMapDumb>() == 16);

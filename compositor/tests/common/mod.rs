@@ -13,6 +13,7 @@ pub mod leak_probe;
 pub mod protocol_errors;
 pub mod syncobj;
 pub mod test_server;
+pub mod uinput;
 pub mod vgem_fence;
 
 use std::path::{Path, PathBuf};
