@@ -80,6 +80,14 @@ fn virtio_gpu_card() -> Option<PathBuf> {
     })
 }
 
+/// vkms's card node (built for the guest): atomic KMS that honours implicit fences, no
+/// syncobjs.
+fn vkms_card() -> Option<PathBuf> {
+    require_device("vkms card node", || {
+        find_drm_node("card", "vkms").and_then(|d| d.path().map(Path::to_path_buf))
+    })
+}
+
 /// fencegate on `card`, its socket ready.
 struct Fencegate {
     child: SeatedChild,
@@ -263,9 +271,7 @@ fn a_client_window_is_on_the_screen_of_vkms() {
     let Some(session) = DrmSession::setup() else {
         return;
     };
-    let Some(card) = require_device("vkms card node", || {
-        find_drm_node("card", "vkms").and_then(|d| d.path().map(Path::to_path_buf))
-    }) else {
+    let Some(card) = vkms_card() else {
         return;
     };
     window_on_the_screen(Fencegate::start(session, &card, "vkms"), &card);
@@ -1109,9 +1115,7 @@ fn a_signalled_in_fence_keeps_implicit_fences_from_holding_a_scanout_on_vkms() {
     let Some(session) = DrmSession::setup() else {
         return;
     };
-    let Some(card) = require_device("vkms card node", || {
-        find_drm_node("card", "vkms").and_then(|d| d.path().map(Path::to_path_buf))
-    }) else {
+    let Some(card) = vkms_card() else {
         return;
     };
     let Some(vgem) = vgem_card() else {
