@@ -220,6 +220,16 @@ fn commit_signalled_and_wait_presented(
     commit_and_wait_presented(win, buffer)
 }
 
+/// Switches the console to VT `vt`, as a user at the keyboard would (`busybox chvt`).
+fn chvt(vt: &str) {
+    let ok = std::process::Command::new("busybox")
+        .args(["chvt", vt])
+        .status()
+        .expect("busybox chvt")
+        .success();
+    assert!(ok, "chvt {vt}");
+}
+
 /// Polls `f` until it holds, for `GENEROUS`.
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + GENEROUS;
@@ -797,14 +807,6 @@ fn a_vt_switch_pauses_and_resumes_the_session() {
         "tty1",
         "the seat's VT is the active one"
     );
-    let chvt = |vt: &str| {
-        let ok = std::process::Command::new("busybox")
-            .args(["chvt", vt])
-            .status()
-            .expect("busybox chvt")
-            .success();
-        assert!(ok, "chvt {vt}");
-    };
     let fencegate = Fencegate::start(session, &card, "vt");
     let pid = fencegate.pid();
     let size = (40, 40);
@@ -1296,12 +1298,7 @@ fn a_keyboard_and_mouse_reach_clients_and_switch_vt() {
     eventually("the session paused by Ctrl+Alt+F2", || {
         fencegate.log().contains("drm: session paused")
     });
-    let ok = std::process::Command::new("busybox")
-        .args(["chvt", "1"])
-        .status()
-        .expect("busybox chvt")
-        .success();
-    assert!(ok, "chvt 1");
+    chvt("1");
     eventually("the session resumed", || {
         fencegate.log().contains("drm: session resumed")
     });
