@@ -46,6 +46,7 @@ use smithay::utils::{Monotonic, Time};
 use smithay::wayland::presentation::Refresh;
 use tracing::{error, info};
 
+use crate::output_hotplug::refresh_period;
 use crate::render::RenderedFrame;
 use crate::screenshot::Capture;
 use crate::state::{Core, State};
@@ -124,7 +125,7 @@ impl State {
             let feedback = self.core.presentation_feedback(output, &frame.states);
             let refresh = output
                 .current_mode()
-                .map(|mode| Duration::from_secs_f64(1000.0 / f64::from(mode.refresh.max(1))))
+                .map(|mode| refresh_period(mode.refresh))
                 .unwrap_or(self.core.frame_interval);
             self.backend.present(
                 output,

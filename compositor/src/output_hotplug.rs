@@ -23,6 +23,11 @@ pub struct OutputSpec {
     pub refresh_mhz: i32,
 }
 
+/// The period of a refresh rate given in mHz (a rate of 0, unknown, counts as 1 mHz).
+pub fn refresh_period(refresh_mhz: i32) -> Duration {
+    Duration::from_secs_f64(1000.0 / f64::from(refresh_mhz.max(1)))
+}
+
 impl Core {
     /// The output new windows open on and screenshots read.
     pub fn primary_output(&self) -> &Output {
@@ -91,7 +96,7 @@ impl Core {
             fastest_mhz = fastest_mhz.max(mode.refresh);
         }
         if fastest_mhz > 0 {
-            self.frame_interval = Duration::from_secs_f64(1000.0 / f64::from(fastest_mhz));
+            self.frame_interval = refresh_period(fastest_mhz);
         }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use fence_bridge::DrmDevice;
@@ -30,7 +29,7 @@ use tracing::{info, warn};
 
 use crate::backend::{Backend, Drm, Headless, Winit};
 use crate::config::{BackendChoice, Config};
-use crate::output_hotplug::OutputSpec;
+use crate::output_hotplug::{refresh_period, OutputSpec};
 use crate::placement::Cascade;
 use crate::screenshot::ScreenshotPlan;
 use crate::state::{Core, State};
@@ -215,7 +214,7 @@ fn build_state(
         }),
         exit_code: None,
         frames_rendered: 0,
-        frame_interval: Duration::from_secs_f64(1000.0 / f64::from(config_refresh_mhz.max(1))),
+        frame_interval: refresh_period(config_refresh_mhz),
         frame_errors: HashMap::new(),
         surfaces_alive: 0,
         capture_requests: Vec::new(),

@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
+use drm::control::connector;
 use fence_bridge::{
     read_flip_events, Access, DmaBuf, DrmDevice, FenceProps, FlipEvent, SyncFile, Syncobj,
 };
@@ -65,7 +66,7 @@ use self::direct_scanout::ClientFramebuffers;
 use self::kms_output::{is_not_master, KmsOutput, Scanned, ScanoutBuffers};
 use self::scanout_feedback::ScanoutFeedback;
 use super::guarded_gles::GuardedGles;
-use crate::output_hotplug::OutputSpec;
+use crate::output_hotplug::{refresh_period, OutputSpec};
 use crate::render::{render_space, RenderedFrame};
 use crate::state::{Core, State};
 
@@ -105,6 +106,25 @@ struct DrmOutput {
 }
 
 impl DrmOutput {
+    /// Drives the connector `info` (named `name`) on a CRTC none of `outputs` has; None, with
+    /// the reason logged, when it cannot be driven.
+    fn drive(
+        card: &DrmDeviceFd,
+        info: &connector::Info,
+        name: String,
+        outputs: &[DrmOutput],
+        buffers: &ScanoutBuffers,
+    ) -> Option<DrmOutput> {
+        let taken: Vec<_> = outputs.iter().map(|o| o.kms.crtc).collect();
+        match KmsOutput::new(card, info, name.clone(), &taken, buffers.clone()) {
+            Ok(kms) => Some(DrmOutput::new(kms)),
+            Err(err) => {
+                warn!(connector = %name, "drm: not driven: {err:#}");
+                None
+            }
+        }
+    }
+
     fn new(kms: KmsOutput) -> DrmOutput {
         let mut output = DrmOutput {
             kms,
@@ -228,11 +248,7 @@ impl Drm {
         kms_output::enable_atomic(&card)?;
         let mut outputs: Vec<DrmOutput> = Vec::new();
         for (info, name) in kms_output::connected_connectors(&card)? {
-            let taken: Vec<_> = outputs.iter().map(|o| o.kms.crtc).collect();
-            match KmsOutput::new(&card, &info, name.clone(), &taken, buffers.clone()) {
-                Ok(kms) => outputs.push(DrmOutput::new(kms)),
-                Err(err) => warn!(connector = %name, "drm: not driven: {err:#}"),
-            }
+            outputs.extend(DrmOutput::drive(&card, &info, name, &outputs, &buffers));
         }
         if outputs.is_empty() {
             bail!(
@@ -684,21 +700,12 @@ impl Drm {
             if self.output_index(&name).is_some() {
                 continue;
             }
-            let taken: Vec<_> = self.outputs.iter().map(|o| o.kms.crtc).collect();
-            match KmsOutput::new(
-                &self.card,
-                &info,
-                name.clone(),
-                &taken,
-                self.buffers.clone(),
-            ) {
-                Ok(kms) => {
-                    let output = DrmOutput::new(kms);
-                    info!(output = %name, "drm: new output connected");
-                    changes.push(OutputChange::Connected(output.spec()));
-                    self.outputs.push(output);
-                }
-                Err(err) => warn!(connector = %name, "drm: not driven: {err:#}"),
+            if let Some(output) =
+                DrmOutput::drive(&self.card, &info, name, &self.outputs, &self.buffers)
+            {
+                info!(output = %output.kms.name, "drm: new output connected");
+                changes.push(OutputChange::Connected(output.spec()));
+                self.outputs.push(output);
             }
         }
         changes
@@ -735,9 +742,7 @@ impl State {
         }) else {
             return;
         };
-        let refresh = Refresh::fixed(Duration::from_secs_f64(
-            1000.0 / f64::from(output.refresh_mhz().max(1)),
-        ));
+        let refresh = Refresh::fixed(refresh_period(output.refresh_mhz()));
         let Some(flip) = output.kms.flip_done() else {
             return;
         };
