@@ -166,25 +166,32 @@ impl SwTimeline {
                 return 0;
             }
             st.value = value;
-            match value.checked_add(1) {
-                Some(above) => {
-                    let rest = st.pending.split_off(&above);
-                    std::mem::replace(&mut st.pending, rest)
-                }
-                None => std::mem::take(&mut st.pending),
+            if st
+                .pending
+                .last_key_value()
+                .is_none_or(|(&last, _)| last <= value)
+            {
+                // Every point reached (the usual case): no allocation before the signal.
+                std::mem::take(&mut st.pending)
+            } else {
+                // value < last <= u64::MAX, so value + 1 does not overflow.
+                let rest = st.pending.split_off(&(value + 1));
+                std::mem::replace(&mut st.pending, rest)
             }
         };
-        tracing::trace!(
-            target: TARGET,
-            context = self.shared.context.as_u64(),
-            points = reached.len(),
-            "sw timeline advance"
-        );
+        // Straight to the signal (it wakes the waiters); the trace comes after.
         let timestamp = Ktime::now();
+        let points = reached.len();
         let mut count = 0;
         for fence in reached.into_values() {
             count += usize::from(fence.signal_timestamp(timestamp));
         }
+        tracing::trace!(
+            target: TARGET,
+            context = self.shared.context.as_u64(),
+            points,
+            "sw timeline advance"
+        );
         count
     }
 }
