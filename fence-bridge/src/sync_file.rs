@@ -47,6 +47,16 @@ struct SyncFenceInfoRaw {
     timestamp_ns: u64,
 }
 
+impl SyncFenceInfoRaw {
+    const ZERO: SyncFenceInfoRaw = SyncFenceInfoRaw {
+        obj_name: [0; 32],
+        driver_name: [0; 32],
+        status: 0,
+        flags: 0,
+        timestamp_ns: 0,
+    };
+}
+
 /// `struct sync_file_info`.
 #[repr(C)]
 struct SyncFileInfoRaw {
@@ -304,47 +314,18 @@ const INLINE_FENCES: u32 = 4;
 /// [`INLINE_FENCES`] fences; otherwise the kernel answers `EINVAL` (the array is too small)
 /// and a header call learns the count first.
 fn file_info(fd: BorrowedFd<'_>) -> io::Result<SyncFileInfo> {
-    match file_info_sized(fd, INLINE_FENCES) {
+    let mut inline = [SyncFenceInfoRaw::ZERO; INLINE_FENCES as usize];
+    let (raw, fences) = match file_info_into(fd, &mut inline) {
         Err(err) if err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
             let header = file_info_header(fd)?;
-            file_info_sized(fd, header.num_fences)
+            let mut all = vec![SyncFenceInfoRaw::ZERO; header.num_fences as usize];
+            let (raw, n) = file_info_into(fd, &mut all)?;
+            all.truncate(n);
+            (raw, all)
         }
-        other => other,
-    }
-}
-
-/// `SYNC_IOC_FILE_INFO` with room for `capacity` fences.
-fn file_info_sized(fd: BorrowedFd<'_>, capacity: u32) -> io::Result<SyncFileInfo> {
-    let mut fences = vec![
-        SyncFenceInfoRaw {
-            obj_name: [0; 32],
-            driver_name: [0; 32],
-            status: 0,
-            flags: 0,
-            timestamp_ns: 0,
-        };
-        capacity as usize
-    ];
-    let mut raw = SyncFileInfoRaw {
-        name: [0; 32],
-        status: 0,
-        flags: 0,
-        num_fences: capacity,
-        pad: 0,
-        sync_fence_info: if capacity > 0 {
-            fences.as_mut_ptr() as u64
-        } else {
-            0
-        },
+        Err(err) => return Err(err),
+        Ok((raw, n)) => (raw, inline[..n].to_vec()),
     };
-    // SAFETY: SYNC_IOC_FILE_INFO takes a `struct sync_file_info *`; SyncFileInfoRaw is its
-    // #[repr(C)] layout, and `sync_fence_info` points to `capacity` writable, #[repr(C)]
-    // `struct sync_fence_info` (size asserted above) that outlive the call. The kernel writes
-    // at most `capacity` of them (it fails with EINVAL rather than overrun), and with a
-    // capacity of 0 it writes only the header.
-    unsafe { ioctl_ptr::<SYNC_IOC_FILE_INFO, _>(fd, &mut raw)? };
-    let written = (raw.num_fences as usize).min(fences.len());
-    fences.truncate(written);
     Ok(SyncFileInfo {
         name: ioctl::name_from_field(&raw.name),
         status: status_from_kernel(raw.status),
@@ -356,12 +337,67 @@ fn file_info_sized(fd: BorrowedFd<'_>, capacity: u32) -> io::Result<SyncFileInfo
                     driver_name: ioctl::name_from_field(&f.driver_name),
                     timeline_name: ioctl::name_from_field(&f.obj_name),
                     status,
-                    timestamp: (status.is_signaled() && f.timestamp_ns != 0)
-                        .then(|| Ktime::from_nanos(f.timestamp_ns as i64)),
+                    timestamp: fence_timestamp(f),
                 }
             })
             .collect(),
     })
+}
+
+/// The sync_file's status and, once signalled, its timestamp (the latest fence's): what a
+/// waiter woken by the fd needs, from one `SYNC_IOC_FILE_INFO` into a stack array (no names, no
+/// allocation) when it holds at most [`INLINE_FENCES`] fences.
+fn file_status(fd: BorrowedFd<'_>) -> io::Result<(FenceStatus, Option<Ktime>)> {
+    let mut inline = [SyncFenceInfoRaw::ZERO; INLINE_FENCES as usize];
+    match file_info_into(fd, &mut inline) {
+        Ok((raw, n)) => {
+            let status = status_from_kernel(raw.status);
+            let timestamp = status
+                .is_signaled()
+                .then(|| inline[..n].iter().map(fence_timestamp).max().flatten())
+                .flatten();
+            Ok((status, timestamp))
+        }
+        Err(err) if err.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            let info = file_info(fd)?;
+            Ok((info.status, info.timestamp()))
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// A fence's signal time, if it signalled and the driver recorded one.
+fn fence_timestamp(f: &SyncFenceInfoRaw) -> Option<Ktime> {
+    (status_from_kernel(f.status).is_signaled() && f.timestamp_ns != 0)
+        .then(|| Ktime::from_nanos(f.timestamp_ns as i64))
+}
+
+/// `SYNC_IOC_FILE_INFO` with room for `fences.len()` fences: the header and how many of
+/// `fences` the kernel filled in.
+fn file_info_into(
+    fd: BorrowedFd<'_>,
+    fences: &mut [SyncFenceInfoRaw],
+) -> io::Result<(SyncFileInfoRaw, usize)> {
+    let mut raw = SyncFileInfoRaw {
+        name: [0; 32],
+        status: 0,
+        flags: 0,
+        num_fences: fences.len() as u32,
+        pad: 0,
+        sync_fence_info: if fences.is_empty() {
+            0
+        } else {
+            fences.as_mut_ptr() as u64
+        },
+    };
+    // SAFETY: SYNC_IOC_FILE_INFO takes a `struct sync_file_info *`; SyncFileInfoRaw is its
+    // #[repr(C)] layout, and `sync_fence_info` points to `fences.len()` writable, #[repr(C)]
+    // `struct sync_fence_info` (size asserted above) that outlive the call. The kernel writes
+    // at most that many (it fails with EINVAL rather than overrun), and with none it writes
+    // only the header.
+    unsafe { ioctl_ptr::<SYNC_IOC_FILE_INFO, _>(fd, &mut raw)? };
+    let written = (raw.num_fences as usize).min(fences.len());
+    Ok((raw, written))
 }
 
 /// `SYNC_IOC_SET_DEADLINE`.
@@ -504,16 +540,16 @@ impl SyncFileFence {
 
     /// One `SYNC_IOC_FILE_INFO`: the status and, once signalled, the kernel's timestamp and
     /// error, which this signals the fence with (an already-signalled sync_file costs that one
-    /// ioctl, no poll).
+    /// ioctl, no poll, no allocation).
     fn check(&self) -> bool {
-        let info = match self.info() {
-            Ok(info) => info,
+        let (status, timestamp) = match file_status(self.sync_file()) {
+            Ok(found) => found,
             Err(err) => {
                 tracing::warn!(target: TARGET, "sync_file fence: SYNC_IOC_FILE_INFO failed: {err}");
                 return false;
             }
         };
-        if !info.status.is_signaled() {
+        if !status.is_signaled() {
             return false;
         }
         let Some(fence) = self.signaler.get().and_then(FenceSignaler::upgrade) else {
@@ -523,14 +559,10 @@ impl SyncFileFence {
         if fence.timestamp().is_some() {
             return true;
         }
-        let (timestamp, error) = (
-            info.timestamp().unwrap_or_else(Ktime::now),
-            info.status.error(),
-        );
-        if let Some(error) = error {
+        if let Some(error) = status.error() {
             let _ = fence.set_error(error);
         }
-        fence.signal_timestamp(timestamp);
+        fence.signal_timestamp(timestamp.unwrap_or_else(Ktime::now));
         true
     }
 }
