@@ -26,6 +26,8 @@
 //! the same machine. `--iters N` scales the sample counts.
 
 use std::os::fd::{AsFd, OwnedFd};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
@@ -35,6 +37,7 @@ use calloop::EventLoop;
 use fence_bridge::{stats, Fence, FenceContext, FenceSource, SwTimeline, WaitMode};
 use rustix::event::epoll;
 use rustix::event::{eventfd, EventfdFlags};
+use rustix::thread::CpuSet;
 
 #[path = "../tests/support/mod.rs"]
 #[allow(unused_imports)]
@@ -46,10 +49,24 @@ const PRE_SLEEP: Duration = Duration::from_micros(200);
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// The other thread: sleeps, reads the clock, runs the signalling job, reports when it started.
+/// Wakeups seen by the waiting thread, counted by [`woke`].
+static WAKEUPS: AtomicU64 = AtomicU64::new(0);
+
+/// The waiter's clock read on waking; also counts the wakeup, so that the signaller can tell
+/// whether the waiter ran before its job returned.
+fn woke() -> Instant {
+    let t = Instant::now();
+    WAKEUPS.fetch_add(1, Ordering::Relaxed);
+    t
+}
+
+/// The other thread: sleeps, reads the clock, runs the signalling job, reports when it started
+/// and whether the waiter had already run by the time the job returned.
 struct Signaller {
     jobs: Sender<Job>,
-    started: Receiver<Instant>,
+    started: Receiver<(Instant, bool)>,
+    /// Whether the waiter of the last sample ran before the signalling job returned.
+    waiter_first: Cell<bool>,
 }
 
 impl Signaller {
@@ -61,15 +78,21 @@ impl Signaller {
             .spawn(move || {
                 for job in job_rx {
                     thread::sleep(PRE_SLEEP);
+                    let wakeups = WAKEUPS.load(Ordering::Relaxed);
                     let t0 = Instant::now();
                     job();
-                    if started_tx.send(t0).is_err() {
+                    let waiter_first = WAKEUPS.load(Ordering::Relaxed) != wakeups;
+                    if started_tx.send((t0, waiter_first)).is_err() {
                         break;
                     }
                 }
             })
             .unwrap();
-        Signaller { jobs, started }
+        Signaller {
+            jobs,
+            started,
+            waiter_first: Cell::new(false),
+        }
     }
 
     fn fire(&self, job: impl FnOnce() + Send + 'static) {
@@ -78,7 +101,15 @@ impl Signaller {
 
     /// When the last job started signalling; call after waking.
     fn t0(&self) -> Instant {
-        self.started.recv().unwrap()
+        let (t0, waiter_first) = self.started.recv().unwrap();
+        self.waiter_first.set(waiter_first);
+        t0
+    }
+
+    /// Whether the last sample's waiter ran before the signalling job returned: on one CPU, that
+    /// the wakeup preempted the signaller at once instead of waiting for it to block.
+    fn waiter_ran_first(&self) -> bool {
+        self.waiter_first.get()
     }
 }
 
@@ -128,7 +159,7 @@ fn wait_epoll(epoll: impl AsFd) -> Instant {
     }; 4];
     loop {
         match epoll::wait(epoll.as_fd(), &mut events[..], None) {
-            Ok(n) if n > 0 => return Instant::now(),
+            Ok(n) if n > 0 => return woke(),
             Ok(_) | Err(rustix::io::Errno::INTR) => continue,
             Err(e) => panic!("epoll_wait: {e}"),
         }
@@ -147,8 +178,8 @@ fn library_sample(
         FenceSource::new(fences.into_iter().enumerate(), WaitMode::Any).expect("pending fences");
     event_loop
         .handle()
-        .insert_source(source, |_event, _, woke: &mut Option<Instant>| {
-            *woke = Some(Instant::now());
+        .insert_source(source, |_event, _, woken: &mut Option<Instant>| {
+            *woken = Some(woke());
         })
         .map_err(|e| e.error)
         .unwrap();
@@ -173,8 +204,8 @@ fn calloop_sample(
         .handle()
         .insert_source(
             Generic::new(fd.clone(), Interest::READ, Mode::Level),
-            |_, _, woke: &mut Option<Instant>| {
-                *woke = Some(Instant::now());
+            |_, _, woken: &mut Option<Instant>| {
+                *woken = Some(woke());
                 Ok(PostAction::Remove)
             },
         )
@@ -324,6 +355,102 @@ fn already_signaled_row(name: &str, fence: &Fence, batches: usize, syscalls: &st
     }
 }
 
+/// Signal-to-callback rows for one scheduling set-up: the raw floor, calloop's floor and a
+/// SwTimeline fence through `FenceSource`, sampled in turn. Each note says how often the waiter
+/// ran before the signaller's job returned (on one CPU: the wakeup preempted the signaller).
+fn handoff_rows(
+    sig: &Signaller,
+    event_loop: &mut EventLoop<'static, Option<Instant>>,
+    raw: &RawEpoll,
+    timeline: &Arc<SwTimeline>,
+    iters: usize,
+    names: [&str; 3],
+) -> Vec<Row> {
+    let (mut raw_s, mut calloop_s, mut lib_s) = (Vec::new(), Vec::new(), Vec::new());
+    let mut first = [0usize; 3];
+    let mut count_first = |kind: usize| first[kind] += usize::from(sig.waiter_ran_first());
+    for _ in 0..iters {
+        raw_s.push(ns(raw.sample(sig, 0)));
+        count_first(0);
+        calloop_s.push(ns(calloop_sample(event_loop, sig)));
+        count_first(1);
+        let fence = timeline.create_fence(timeline.value() + 1);
+        let t = timeline.clone();
+        lib_s.push(ns(library_sample(event_loop, sig, vec![fence], move || {
+            t.advance(1);
+        })));
+        count_first(2);
+    }
+    let first = |kind: usize| format!("waiter ran first {}%", first[kind] * 100 / iters.max(1));
+    let raw_stat = stat(&mut raw_s);
+    let calloop_stat = stat(&mut calloop_s);
+    let lib_stat = stat(&mut lib_s);
+    let vs_calloop = lib_stat.median / calloop_stat.median;
+    vec![
+        Row {
+            name: names[0].into(),
+            lib: stat(&mut raw_s),
+            raw: None,
+            note: format!("the same wake shape, no library; {}", first(0)),
+        },
+        Row {
+            name: names[1].into(),
+            lib: calloop_stat,
+            raw: Some(stat(&mut raw_s)),
+            note: format!("calloop + polling, no library; {}", first(1)),
+        },
+        Row {
+            name: names[2].into(),
+            lib: lib_stat,
+            raw: Some(raw_stat),
+            note: format!(
+                "target <= 1.25x raw; {vs_calloop:.2}x the calloop floor; {}",
+                first(2)
+            ),
+        },
+    ]
+}
+
+/// The calling (loop) thread at SCHED_FIFO, pinned with the signaller to the CPU it runs on;
+/// dropping it restores both threads' policy and CPUs. Needs CAP_SYS_NICE or an RLIMIT_RTPRIO.
+struct LoopThreadFifo<'a> {
+    sig: &'a Signaller,
+    cpus: CpuSet,
+}
+
+impl<'a> LoopThreadFifo<'a> {
+    fn enter(sig: &'a Signaller) -> Result<LoopThreadFifo<'a>, String> {
+        let cpus = rustix::thread::sched_getaffinity(None).map_err(|e| format!("getaffinity: {e}"))?;
+        let param = libc::sched_param { sched_priority: 10 };
+        // SAFETY: plain syscall on the calling thread (pid 0) with a valid sched_param.
+        if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+            return Err(format!(
+                "sched_setscheduler(SCHED_FIFO): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        let mut one = CpuSet::new();
+        one.set(rustix::thread::sched_getcpu());
+        rustix::thread::sched_setaffinity(None, &one).map_err(|e| format!("setaffinity: {e}"))?;
+        sig.fire(move || rustix::thread::sched_setaffinity(None, &one).unwrap());
+        sig.t0();
+        Ok(LoopThreadFifo { sig, cpus })
+    }
+}
+
+impl Drop for LoopThreadFifo<'_> {
+    fn drop(&mut self) {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: as in `enter`.
+        unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+        let _ = rustix::thread::sched_setaffinity(None, &self.cpus);
+        let cpus = self.cpus.clone();
+        self.sig
+            .fire(move || rustix::thread::sched_setaffinity(None, &cpus).unwrap());
+        self.sig.t0();
+    }
+}
+
 // --- host rows ----------------------------------------------------------------------------------
 
 fn host(iters: usize) {
@@ -331,58 +458,36 @@ fn host(iters: usize) {
     let mut event_loop = EventLoop::<Option<Instant>>::try_new().unwrap();
     let mut rows = Vec::new();
 
-    // Raw floor and SwTimeline through FenceSource, interleaved.
+    // Raw floor, calloop floor and SwTimeline through FenceSource, interleaved: first as the
+    // scheduler places the two threads, then with the loop thread SCHED_FIFO and both threads on
+    // one CPU, so that every wakeup preempts the signaller at once.
     let raw = RawEpoll::new(1);
     let timeline = Arc::new(SwTimeline::new("bench"));
-    let (mut raw_s, mut lib_s, mut calloop_s) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..iters {
-        raw_s.push(ns(raw.sample(&sig, 0)));
-        calloop_s.push(ns(calloop_sample(&mut event_loop, &sig)));
-        let fence = timeline.create_fence(i as u64 + 1);
-        let t = timeline.clone();
-        lib_s.push(ns(library_sample(
-            &mut event_loop,
-            &sig,
-            vec![fence],
-            move || {
-                t.advance(1);
-            },
-        )));
+    let names = [
+        "raw floor: eventfd write -> epoll_wait (other thread)",
+        "calloop floor: Generic<eventfd>, write -> callback",
+        "FenceSource: SwTimeline fence, signal -> callback",
+    ];
+    rows.extend(handoff_rows(&sig, &mut event_loop, &raw, &timeline, iters, names));
+    match LoopThreadFifo::enter(&sig) {
+        Ok(fifo) => {
+            let names = [
+                "  loop SCHED_FIFO, one CPU: raw floor",
+                "  loop SCHED_FIFO, one CPU: calloop floor",
+                "  loop SCHED_FIFO, one CPU: FenceSource, SwTimeline",
+            ];
+            rows.extend(handoff_rows(&sig, &mut event_loop, &raw, &timeline, iters, names));
+            drop(fifo);
+        }
+        Err(err) => println!("host rows: no SCHED_FIFO rows: {err}"),
     }
-    let raw_stat = stat(&mut raw_s);
-    rows.push(Row {
-        name: "raw floor: eventfd write -> epoll_wait (other thread)".into(),
-        lib: Stat {
-            ..stat(&mut raw_s.clone())
-        },
-        raw: None,
-        note: "the same wake shape, no library".into(),
-    });
-    let calloop_stat = stat(&mut calloop_s);
-    let calloop_median = calloop_stat.median;
-    rows.push(Row {
-        name: "calloop floor: Generic<eventfd>, write -> callback".into(),
-        lib: calloop_stat,
-        raw: Some(Stat {
-            ..stat(&mut raw_s.clone())
-        }),
-        note: "calloop/polling itself (timerfd+epoll_ctl per wait)".into(),
-    });
-    let lib_stat = stat(&mut lib_s);
-    let vs_calloop = lib_stat.median / calloop_median;
-    rows.push(Row {
-        name: "FenceSource: SwTimeline fence, signal -> callback".into(),
-        lib: lib_stat,
-        raw: Some(raw_stat),
-        note: format!("target <= 1.25x raw; {vs_calloop:.2}x the calloop floor"),
-    });
 
     // Where the difference goes, on one thread (no wakeup): the signalling side (advance, which
     // writes the core's eventfd from a fence callback) against a bare eventfd write, and the loop
     // side (dispatch of a readable fd to the callback) against a zero-timeout epoll_wait.
     let (mut sig_raw, mut sig_lib, mut loop_raw, mut loop_lib) = (vec![], vec![], vec![], vec![]);
     let mut loop_calloop = vec![];
-    for i in 0..iters {
+    for _ in 0..iters {
         let t = Instant::now();
         rustix::io::write(&*raw.fds[0], &1u64.to_ne_bytes()).unwrap();
         sig_raw.push(ns(t.elapsed()));
@@ -403,7 +508,7 @@ fn host(iters: usize) {
         loop_raw.push(ns(t.elapsed()));
         rustix::io::read(&*raw.fds[0], &mut [0u8; 8]).unwrap();
 
-        let fence = timeline.create_fence((iters + i) as u64 + 1);
+        let fence = timeline.create_fence(timeline.value() + 1);
         let source = FenceSource::new([(0, fence)], WaitMode::Any).unwrap();
         event_loop
             .handle()
@@ -483,8 +588,8 @@ fn host(iters: usize) {
             let source = FenceSource::new(fences.into_iter().enumerate(), WaitMode::Any).unwrap();
             let token = event_loop
                 .handle()
-                .insert_source(source, |_, _, woke: &mut Option<Instant>| {
-                    *woke = Some(Instant::now())
+                .insert_source(source, |_, _, woken: &mut Option<Instant>| {
+                    *woken = Some(woke())
                 })
                 .map_err(|e| e.error)
                 .unwrap();
@@ -698,7 +803,24 @@ fn probe(kind: &str, n: usize) {
     }
 }
 
+/// The soft fd limit raised to the hard one: the 10,000-fence rows hold over 10,000 fds, more
+/// than the usual soft limit of 1024.
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if let Err(err) = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    ) {
+        println!("bench: cannot raise the fd limit ({err}); the 10,000-fence rows may fail");
+    }
+}
+
 fn main() {
+    raise_fd_limit();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut iters = 1000;
     let mut tiers = Vec::new();
