@@ -68,7 +68,7 @@ impl Fence {
     /// The backend's own fd ([`crate::FenceOps::native_poll_fd`]), created once and kept in
     /// `poll_fd`; `None` if the backend has none or `poll_fd` already holds a core eventfd.
     /// Asked without our lock held, as every FenceOps call is; a racing caller's fd wins.
-    fn native_poll_fd(&self) -> Option<io::Result<FencePollFd>> {
+    pub(crate) fn native_poll_fd(&self) -> Option<io::Result<FencePollFd>> {
         {
             let st = self.inner.lock();
             if let Some(fd) = &st.poll_fd {

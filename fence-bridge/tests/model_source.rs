@@ -87,7 +87,8 @@ fn each_mode_reports_every_fence_in_signal_order() {
     let fences: Vec<Fence> = (0..5).map(|_| ctx.create_fence()).collect();
     let source = FenceSource::new(fences.iter().cloned().enumerate(), WaitMode::Each).unwrap();
     insert(&event_loop, source);
-    assert_eq!(registered(&event_loop), base + 5);
+    // Five software fences share one eventfd (a callback on each writes it).
+    assert_eq!(registered(&event_loop), base + 1);
 
     let mut events = Vec::new();
     event_loop.dispatch(Duration::ZERO, &mut events).unwrap();
@@ -143,7 +144,7 @@ fn any_mode_reports_the_first_and_removes_everything() {
         &event_loop,
         FenceSource::new(fences.clone(), WaitMode::Any).unwrap(),
     );
-    assert_eq!(registered(&event_loop), base + 3);
+    assert_eq!(registered(&event_loop), base + 1, "one shared eventfd");
 
     timelines[1].advance(1);
     let mut events = Vec::new();
@@ -186,8 +187,8 @@ fn all_mode_reports_once_with_every_status() {
     insert(&event_loop, source);
     assert_eq!(
         registered(&event_loop),
-        base + 2,
-        "the signalled fence is not registered"
+        base + 1,
+        "the two pending fences share one eventfd; the signalled one is not watched"
     );
 
     let mut events = Vec::new();
@@ -331,7 +332,7 @@ fn removing_dropping_or_cancelling_unregisters_every_fd() {
 
     // LoopHandle::remove.
     let token = insert(&event_loop, with_timeout());
-    assert_eq!(registered(&event_loop), base + 10);
+    assert_eq!(registered(&event_loop), base + 1);
     event_loop.handle().remove(token);
     assert_eq!(registered(&event_loop), base);
 
@@ -343,8 +344,8 @@ fn removing_dropping_or_cancelling_unregisters_every_fd() {
         .handle()
         .register_dispatcher(dispatcher.clone())
         .unwrap();
-    assert_eq!(registered(&event_loop), base + 10);
-    assert_eq!(dispatcher.as_source_ref().registered_fds(), 10);
+    assert_eq!(registered(&event_loop), base + 1);
+    assert_eq!(dispatcher.as_source_ref().registered_fds(), 1);
     dispatcher.as_source_mut().cancel();
     assert_eq!(registered(&event_loop), base);
     let mut events = Vec::new();
@@ -366,7 +367,7 @@ fn removing_dropping_or_cancelling_unregisters_every_fd() {
             events.push(event);
         })
         .unwrap();
-    assert_eq!(registered(&event_loop), base + 10);
+    assert_eq!(registered(&event_loop), base + 1);
     fences[4].signal();
     fences[5].signal();
     event_loop
@@ -513,8 +514,9 @@ fn a_thousand_fences() {
         .handle()
         .register_dispatcher(dispatcher.clone())
         .unwrap();
-    assert_eq!(stats().since(&before).eventfds_created, 1000);
-    assert_eq!(registered(&event_loop), base + 1000);
+    // A thousand software fences: one eventfd, one registration.
+    assert_eq!(stats().since(&before).eventfds_created, 1);
+    assert_eq!(registered(&event_loop), base + 1);
 
     let mut events = Vec::new();
     thread::scope(|s| {
@@ -570,7 +572,7 @@ fn inserting_fails_cleanly_and_hands_the_source_back() {
     );
 }
 
-// --- Large sets (the token table), duplicates inside one, and quiet release ---------------------
+// --- Large sets (the shared wakeup), duplicates inside one, and quiet release -------------------
 
 #[test]
 fn large_set_delivers_every_fence_by_key_in_any_order() {
@@ -589,16 +591,16 @@ fn large_set_delivers_every_fence_by_key_in_any_order() {
         .handle()
         .register_dispatcher(dispatcher.clone())
         .unwrap();
-    assert_eq!(registered(&event_loop), base + 300);
-    // A scrambled order (7 is coprime with 300), one dispatch each: every event is looked up
-    // among all still-pending ones.
+    assert_eq!(registered(&event_loop), base + 1);
+    // A scrambled order (7 is coprime with 300), one dispatch each: each wakeup names its fence.
     let order: Vec<usize> = (0..300).map(|i| (i * 7 + 3) % 300).collect();
     let mut events = Vec::new();
     for (n, &i) in order.iter().enumerate() {
         fences[i].signal();
         dispatch_until(&mut event_loop, &mut events, n + 1);
         assert_eq!(signaled_key(&events[n]), i);
-        assert_eq!(registered(&event_loop), base + 300 - n - 1);
+        let left = if n + 1 < 300 { 1 } else { 0 };
+        assert_eq!(registered(&event_loop), base + left);
     }
     assert_eq!(events.len(), 300);
 }
@@ -610,15 +612,14 @@ fn large_set_any_mode_and_a_fence_twice() {
     let base = registered(&event_loop);
     let ctx = FenceContext::new("twice");
     let mut fences: Vec<Fence> = (0..40).map(|_| ctx.create_fence()).collect();
-    // The same fence at keys 5 and 40: its eventfd is registered once, then as a dup (each
-    // registration attempt takes a token, which the table must account for).
+    // The same fence at keys 5 and 40: two callbacks on it, both delivered.
     fences.push(fences[5].clone());
     fences.push(ctx.create_fence()); // key 41, after the dup
     insert(
         &event_loop,
         FenceSource::new(fences.iter().cloned().enumerate(), WaitMode::Each).unwrap(),
     );
-    assert_eq!(registered(&event_loop), base + 42);
+    assert_eq!(registered(&event_loop), base + 1);
     let mut events = Vec::new();
     fences[41].signal();
     dispatch_until(&mut event_loop, &mut events, 1);
@@ -631,7 +632,7 @@ fn large_set_any_mode_and_a_fence_twice() {
     fences[39].signal();
     dispatch_until(&mut event_loop, &mut events, 4);
     assert_eq!(signaled_key(&events[3]), 39);
-    assert_eq!(registered(&event_loop), base + 38);
+    assert_eq!(registered(&event_loop), base + 1);
 
     // Any over 1,000: the one signalled is found.
     let many: Vec<Fence> = (0..1000).map(|_| ctx.create_fence()).collect();
@@ -650,7 +651,7 @@ fn large_set_any_mode_and_a_fence_twice() {
     }
     assert_eq!(any.len(), 1);
     assert_eq!(signaled_key(&any[0]), 777);
-    assert_eq!(registered(&event_loop_any), base + 38);
+    assert_eq!(registered(&event_loop_any), base + 1, "the Each source's eventfd");
 }
 
 #[test]
@@ -660,17 +661,18 @@ fn fences_only_the_source_held_are_released_quietly() {
     let base = registered(&event_loop);
     let ctx = FenceContext::new("quiet");
     let before = stats();
-    // The source holds the only handles: removing it releases every fence, unsignalled, while
-    // its poll fds leave the loop. Nobody waits any more: no EDEADLK, no warning.
+    // The source holds the only handles: removing it releases every fence, unsignalled, after
+    // its callbacks are removed and its eventfd left the loop. Nobody waits any more: no EDEADLK,
+    // no warning.
     let token = insert(
         &event_loop,
         FenceSource::new((0..50).map(|i| (i, ctx.create_fence())), WaitMode::Each).unwrap(),
     );
-    assert_eq!(registered(&event_loop), base + 50);
+    assert_eq!(registered(&event_loop), base + 1);
     event_loop.handle().remove(token);
     assert_eq!(registered(&event_loop), base);
     let d = stats().since(&before);
-    assert_eq!(d.eventfds_created, 50);
+    assert_eq!(d.eventfds_created, 1);
     assert_eq!(d.released_with_pending_callbacks, 0);
     assert_eq!(d.fences_signaled, 0);
 
@@ -687,4 +689,127 @@ fn fences_only_the_source_held_are_released_quietly() {
     dispatcher.as_source_mut().cancel();
     assert_eq!(registered(&event_loop), base);
     assert_eq!(stats().since(&before).released_with_pending_callbacks, 0);
+}
+
+// --- How fences are watched: own fd, or the shared wakeup -----------------------------------------
+
+#[test]
+fn kernel_fences_keep_their_fds_and_software_fences_share_one_eventfd() {
+    let _serial = serial();
+    let mut event_loop = EventLoop::<Events<&str>>::try_new().unwrap();
+    let base = registered(&event_loop);
+    let ctx = FenceContext::new("mixed");
+
+    // A lone software fence: its own poll fd, the fewest steps from signal to wakeup.
+    let lone = ctx.create_fence();
+    let before = stats();
+    insert(
+        &event_loop,
+        FenceSource::new([("lone", lone.clone())], WaitMode::Any).unwrap(),
+    );
+    assert_eq!(stats().since(&before).eventfds_created, 1);
+    assert_eq!(registered(&event_loop), base + 1);
+
+    // Two native fences and three software fences: two fds plus one shared eventfd.
+    let (native_a, done_a, mut hw_a) = pipe_fence();
+    let (native_b, done_b, mut hw_b) = pipe_fence();
+    let soft: Vec<Fence> = (0..3).map(|_| ctx.create_fence()).collect();
+    let before = stats();
+    insert(
+        &event_loop,
+        FenceSource::new(
+            [
+                ("a", native_a.clone()),
+                ("s0", soft[0].clone()),
+                ("b", native_b.clone()),
+                ("s1", soft[1].clone()),
+                ("s2", soft[2].clone()),
+            ],
+            WaitMode::Each,
+        )
+        .unwrap(),
+    );
+    assert_eq!(stats().since(&before).eventfds_created, 1, "only the shared one");
+    assert_eq!(registered(&event_loop), base + 1 + 3);
+
+    let mut events = Vec::new();
+    soft[1].signal();
+    done_b.store(true, Ordering::Release);
+    hw_b.write_all(b"x").unwrap();
+    dispatch_until(&mut event_loop, &mut events, 2);
+    let mut keys: Vec<&str> = events.iter().map(signaled_key).collect();
+    keys.sort();
+    assert_eq!(keys, ["b", "s1"]);
+    assert_eq!(registered(&event_loop), base + 1 + 2, "b's fd left; the shared one stays");
+
+    lone.signal();
+    soft[0].signal();
+    soft[2].signal_with_error(FenceError::EIO);
+    done_a.store(true, Ordering::Release);
+    hw_a.write_all(b"x").unwrap();
+    dispatch_until(&mut event_loop, &mut events, 6);
+    let mut keys: Vec<&str> = events[2..].iter().map(signaled_key).collect();
+    keys.sort();
+    assert_eq!(keys, ["a", "lone", "s0", "s2"]);
+    let s2 = events
+        .iter()
+        .find_map(|e| match e {
+            FenceEvent::Signaled(s) if s.key == "s2" => Some(s),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(s2.status, FenceStatus::Error(FenceError::EIO));
+    assert_eq!(Some(s2.timestamp), soft[2].timestamp());
+    assert_eq!(registered(&event_loop), base);
+}
+
+#[test]
+fn a_fence_signalled_between_new_and_insertion_is_delivered() {
+    let _serial = serial();
+    let mut event_loop = EventLoop::<Events<usize>>::try_new().unwrap();
+    let base = registered(&event_loop);
+    let ctx = FenceContext::new("race");
+    let fences: Vec<Fence> = (0..3).map(|_| ctx.create_fence()).collect();
+    let source = FenceSource::new(fences.iter().cloned().enumerate(), WaitMode::Each).unwrap();
+    // Pending when the source was made, signalled before it is registered: no callback can be
+    // added any more, so registration queues it itself.
+    fences[1].signal();
+    insert(&event_loop, source);
+    let mut events = Vec::new();
+    dispatch_until(&mut event_loop, &mut events, 1);
+    assert_eq!(signaled_key(&events[0]), 1);
+    fences[0].signal();
+    fences[2].signal();
+    dispatch_until(&mut event_loop, &mut events, 3);
+    assert_eq!(registered(&event_loop), base);
+}
+
+#[test]
+fn native_fences_are_found_among_many() {
+    let _serial = serial();
+    let mut event_loop = EventLoop::<Events<usize>>::try_new().unwrap();
+    let base = registered(&event_loop);
+    let natives: Vec<(Fence, Arc<AtomicBool>, UnixStream)> = (0..60).map(|_| pipe_fence()).collect();
+    insert(
+        &event_loop,
+        FenceSource::new(
+            natives.iter().map(|(f, _, _)| f.clone()).enumerate(),
+            WaitMode::Each,
+        )
+        .unwrap(),
+    );
+    assert_eq!(registered(&event_loop), base + 60);
+    // A scrambled order (7 is coprime with 60), one dispatch each: every event is looked up
+    // among the fds still registered.
+    let mut natives = natives;
+    let mut events = Vec::new();
+    for n in 0..60 {
+        let i = (n * 7 + 3) % 60;
+        let (_, done, hw) = &mut natives[i];
+        done.store(true, Ordering::Release);
+        hw.write_all(b"x").unwrap();
+        dispatch_until(&mut event_loop, &mut events, n + 1);
+        assert_eq!(signaled_key(&events[n]), i);
+        assert_eq!(registered(&event_loop), base + 60 - n - 1);
+    }
 }

@@ -3,11 +3,18 @@
 //! # Overview
 //!
 //! One source, one job: wait for the fences it was built with, report them, then remove itself.
-//! It is a composite in calloop's sense: one [`Generic`] per pending fence, each with its own
-//! sub-token from the [`TokenFactory`], plus an optional [`Timer`] for the timeout. What is
-//! registered is the fence's [`Fence::poll_fd`]: the fence's **own** fd for kernel fences (a
-//! sync_file, a syncobj eventfd — [`crate::FenceOps::native_poll_fd`]), so those cost no extra
-//! eventfd; for software fences the core's eventfd, written by a fence callback.
+//! It is a composite in calloop's sense: sub-sources with their own sub-tokens from the
+//! [`TokenFactory`], plus an optional [`Timer`] for the timeout. How a pending fence is watched
+//! depends on its kind:
+//!
+//! * a **kernel fence** (a sync_file, a syncobj eventfd — [`crate::FenceOps::native_poll_fd`])
+//!   registers its **own** fd in a [`Generic`]: no extra eventfd, no thread;
+//! * a **software fence** that is the only one registers its [`Fence::poll_fd`], the core's
+//!   eventfd, which the signal writes first thing: the fewest steps from signal to wakeup;
+//! * **two or more software fences** share one eventfd (`SharedWakeup`): a callback on each
+//!   queues the fence's slot and writes it, the kernel's own wait-any (one waiter, a
+//!   `dma_fence_add_callback()` per fence). Setup is one eventfd and one registration for any
+//!   number of fences, and a wakeup names the fences that signalled.
 //!
 //! # Implementation notes
 //!
@@ -22,25 +29,25 @@
 //!   source calls [`Fence::is_signaled`] (so the backend's `signaled()` confirms and the core
 //!   records status and timestamp), delivers the event and drops that fence's [`Generic`], which
 //!   removes the fd from the epoll set. A readable fd whose fence is not signalled (a spurious
-//!   wakeup) stays registered and nothing is delivered.
+//!   wakeup) stays registered and nothing is delivered. A queued software fence carries its
+//!   status and timestamp from its callback.
 //! * **Removal.** When everything is delivered (or the timeout fired, or the callback called
 //!   [`Remaining::cancel`]), `process_events` returns [`PostAction::Remove`]. Dropping the source,
-//!   removing it from the loop or [`FenceSource::cancel`] removes every fd from the epoll set at
-//!   once (a [`Generic`] deregisters on drop).
-//! * **Shared fds.** A fence has one poll fd, so two sources waiting for the same fence in one
-//!   loop would register the same fd twice, which epoll refuses (`EEXIST`). The second
+//!   removing it from the loop or [`FenceSource::cancel`] removes every fd from the epoll set and
+//!   every callback from its fence at once (a [`Generic`] deregisters on drop, a callback guard
+//!   removes its callback).
+//! * **Shared fds.** A fence has one poll fd, so two sources waiting for the same kernel fence
+//!   in one loop would register the same fd twice, which epoll refuses (`EEXIST`). The second
 //!   registration then uses a `dup` of the fd: one extra fd, only in that case.
-//! * **Lookup.** calloop tokens are opaque and cannot be hashed, and each [`Generic`] keeps
-//!   its token to itself, so an event is matched by asking each pending Generic (a token
-//!   comparison each): O(pending) per wakeup, a few µs at 10,000 fences. An O(1) lookup needs
-//!   `Hash` on calloop's `Token`; reading the token's `Debug` text instead would tie
-//!   correctness to another crate's formatting.
-//! * **Hot path.** Signalling a software fence writes its eventfd first thing after the state
-//!   change (no callback, no allocation, no futex wake unless a thread sleeps in a blocking
-//!   wait); delivering it takes one lock of the fence and allocates nothing. What calloop's
-//!   `polling` backend does per dispatch (`timerfd_settime` + two `epoll_ctl(MOD)` + a `read`
-//!   of its notifier around every `epoll_wait`, whatever the timeout or mode) is the same for
-//!   every calloop source.
+//! * **Lookup.** calloop tokens are opaque and cannot be hashed, and each [`Generic`] keeps its
+//!   token to itself, so an fd event is matched by asking each pending Generic (a token
+//!   comparison each): O(pending kernel fences) per wakeup. Software fences are never searched:
+//!   their callbacks say which one signalled.
+//! * **Hot path.** Signalling a lone software fence writes its eventfd first thing after the
+//!   state change (no callback, no allocation, no futex wake unless a thread sleeps in a
+//!   blocking wait); delivering it takes one lock of the fence and allocates nothing. calloop's
+//!   own cost per dispatch is that of its `polling` backend, which this workspace carries
+//!   patched (`third_party/polling/FENCEGATE.md`): no syscall around `epoll_wait` besides it.
 //! * **Limits.** calloop gives one source 65,536 sub-tokens; the source needs two for itself,
 //!   hence [`FenceSource::MAX_PENDING`].
 //!
@@ -91,6 +98,9 @@ use calloop::{EventSource, Interest, Mode, Poll, PostAction, Readiness, Token, T
 use crate::fence::{Fence, FenceStatus, TARGET};
 use crate::poll::FencePollFd;
 use crate::time::Ktime;
+
+mod shared_wakeup;
+use shared_wakeup::{CallbackGuard, SharedWakeup};
 
 /// When a [`FenceSource`] calls back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -206,11 +216,21 @@ impl AsFd for WatchFd {
     }
 }
 
+/// How a pending fence is watched.
+enum Watch {
+    /// Its own poll fd in the epoll set: a kernel fence, or the only software fence.
+    Fd(Generic<WatchFd>),
+    /// A callback into the source's [`SharedWakeup`]: one of several software fences. Held for
+    /// its `Drop`, which removes the callback.
+    Callback { _guard: CallbackGuard },
+}
+
 /// A pending fence: created with the source, watched from the first registration on.
 struct Waiting<K> {
     /// Declared first so that it drops first: when this held the fence's last handle, the fence
-    /// is released after its poll fd left the loop, so that fd is not taken for a waiter.
-    watch: Option<Generic<WatchFd>>,
+    /// is released after its poll fd left the loop (or its callback was removed), so that it is
+    /// not taken for a waiter.
+    watch: Option<Watch>,
     key: K,
     fence: Fence,
 }
@@ -245,6 +265,8 @@ pub struct FenceSource<K = usize> {
     /// [`WaitMode::All`]: the fences delivered so far, kept for the final event.
     collected: Vec<Signaled<K>>,
     timer: Option<Timer>,
+    /// The eventfd that two or more software fences share (created at registration).
+    shared: Option<SharedWakeup>,
     /// Our sub-token for synthetic events (`ready` and cancel); no fd behind it.
     self_token: Option<Token>,
     cancelled: bool,
@@ -311,6 +333,7 @@ impl<K> FenceSource<K> {
             ready,
             collected,
             timer: None,
+            shared: None,
             self_token: None,
             cancelled: false,
         })
@@ -348,11 +371,13 @@ impl<K> FenceSource<K> {
         if self.self_token.is_none() {
             return 0;
         }
-        self.slots
+        let own_fds = self
+            .slots
             .iter()
             .flatten()
-            .filter(|w| w.watch.is_some())
-            .count()
+            .filter(|w| matches!(w.watch, Some(Watch::Fd(_))))
+            .count();
+        own_fds + usize::from(self.shared.is_some())
     }
 
     /// Stops waiting (e.g. through `calloop::Dispatcher::as_source_mut`): every fd leaves the
@@ -360,7 +385,8 @@ impl<K> FenceSource<K> {
     /// on the next dispatch.
     pub fn cancel(&mut self) {
         self.cancelled = true;
-        self.slots.clear(); // drops every Generic: epoll_ctl(DEL)
+        self.slots.clear(); // drops every Generic (epoll_ctl(DEL)) and removes every callback
+        self.shared = None;
         self.waiting = 0;
         self.ready.clear();
         self.collected.clear();
@@ -442,7 +468,7 @@ impl<K> FenceSource<K> {
         readiness: Readiness,
         token: Token,
     ) -> io::Result<bool> {
-        let Some(watch) = waiting.as_mut().and_then(|w| w.watch.as_mut()) else {
+        let Some(Watch::Fd(watch)) = waiting.as_mut().and_then(|w| w.watch.as_mut()) else {
             return Ok(false);
         };
         let mut ours = false;
@@ -454,34 +480,78 @@ impl<K> FenceSource<K> {
         Ok(ours)
     }
 
-    /// Registers (or re-registers) every slot's Generic.
+    /// Registers (or re-registers) every pending fence. Kernel fences, and a software fence
+    /// that is the only one, get a Generic on their own poll fd; two or more software fences
+    /// share one eventfd, written by a callback on each (see [`SharedWakeup`]).
     fn register_slots(
         &mut self,
         poll: &mut Poll,
         token_factory: &mut TokenFactory,
         reregister: bool,
     ) -> calloop::Result<()> {
-        for waiting in self.slots.iter_mut().flatten() {
+        let mut software = Vec::new();
+        for (slot, waiting) in self.slots.iter_mut().enumerate() {
+            let Some(waiting) = waiting else { continue };
             match &mut waiting.watch {
-                Some(watch) if reregister => watch.reregister(poll, token_factory)?,
-                _ => Self::register_watch(waiting, poll, token_factory)?,
+                Some(Watch::Fd(watch)) if reregister => watch.reregister(poll, token_factory)?,
+                Some(Watch::Fd(_)) => Self::register_fd(waiting, None, poll, token_factory)?,
+                Some(Watch::Callback { .. }) => {}
+                None => match waiting.fence.native_poll_fd() {
+                    Some(fd) => Self::register_fd(waiting, Some(fd?), poll, token_factory)?,
+                    None => software.push(slot),
+                },
+            }
+        }
+        if let [slot] = software[..] {
+            if self.shared.is_none() {
+                let waiting = self.slots[slot].as_mut().expect("occupied");
+                let fd = waiting.fence.poll_fd()?;
+                return Self::register_fd(waiting, Some(fd), poll, token_factory);
+            }
+        }
+        if !software.is_empty() {
+            let shared = match &mut self.shared {
+                Some(shared) => shared,
+                None => {
+                    let mut shared = SharedWakeup::new()?;
+                    shared.register(poll, token_factory)?;
+                    self.shared.insert(shared)
+                }
+            };
+            for slot in software {
+                let waiting = self.slots[slot].as_mut().expect("occupied");
+                waiting.watch = Some(Watch::Callback {
+                    _guard: shared.watch(slot, &waiting.fence),
+                });
+            }
+        } else if let Some(shared) = &mut self.shared {
+            if reregister {
+                shared.reregister(poll, token_factory)?;
+            } else {
+                shared.register(poll, token_factory)?;
             }
         }
         Ok(())
     }
 
-    fn register_watch(
+    /// Registers `waiting`'s Generic, made on `fd` if it has none yet.
+    fn register_fd(
         waiting: &mut Waiting<K>,
+        fd: Option<FencePollFd>,
         poll: &mut Poll,
         token_factory: &mut TokenFactory,
     ) -> calloop::Result<()> {
-        let watch = match &mut waiting.watch {
-            Some(watch) => watch,
-            None => waiting.watch.insert(Generic::new(
-                WatchFd::Shared(waiting.fence.poll_fd()?),
+        let watch = match (&mut waiting.watch, fd) {
+            (Some(Watch::Fd(watch)), _) => watch,
+            (_, Some(fd)) => match waiting.watch.insert(Watch::Fd(Generic::new(
+                WatchFd::Shared(fd),
                 Interest::READ,
                 Mode::Level,
-            )),
+            ))) {
+                Watch::Fd(watch) => watch,
+                Watch::Callback { .. } => unreachable!("just inserted"),
+            },
+            (_, None) => unreachable!("a fence without a Generic comes with its fd"),
         };
         match watch.register(poll, token_factory) {
             Err(calloop::Error::IoError(err))
@@ -491,14 +561,50 @@ impl<K> FenceSource<K> {
                 // twice): watch a dup of it.
                 let dup =
                     rustix::io::fcntl_dupfd_cloexec(watch.get_ref(), 0).map_err(io::Error::from)?;
-                let watch = waiting.watch.insert(Generic::new(
-                    WatchFd::Dup(dup),
-                    Interest::READ,
-                    Mode::Level,
-                ));
-                watch.register(poll, token_factory)
+                let mut watch = Generic::new(WatchFd::Dup(dup), Interest::READ, Mode::Level);
+                let registered = watch.register(poll, token_factory);
+                waiting.watch = Some(Watch::Fd(watch));
+                registered
             }
             other => other,
+        }
+    }
+
+    /// Delivers the software fences the shared wakeup queued.
+    fn deliver_queued<F>(&mut self, callback: &mut F) -> PostAction
+    where
+        F: FnMut(FenceEvent<K>, &mut Remaining),
+    {
+        // What is queued first, then the eventfd reset, then what was queued in between: a
+        // fence queued after the reset has written the eventfd again. The event comes before
+        // the reset's read().
+        for pass in 0..2 {
+            let Some(shared) = &self.shared else { break };
+            if pass == 1 {
+                shared.reset();
+            }
+            for (slot, status, timestamp) in shared.take() {
+                let Some(Waiting { watch, key, fence }) = self.slots[slot].take() else {
+                    continue; // delivered already
+                };
+                self.waiting -= 1;
+                let signaled = Signaled {
+                    key,
+                    fence,
+                    status,
+                    timestamp,
+                };
+                let done = self.deliver(signaled, callback);
+                drop(watch);
+                if done {
+                    return PostAction::Remove;
+                }
+            }
+        }
+        if self.finish_if_done(callback) {
+            PostAction::Remove
+        } else {
+            PostAction::Continue
         }
     }
 }
@@ -556,6 +662,13 @@ impl<K> EventSource for FenceSource<K> {
                 self.cancel();
                 callback(FenceEvent::TimedOut { pending }, &mut self.remaining());
                 return Ok(PostAction::Remove);
+            }
+        }
+
+        // Software fences signalled through the shared wakeup.
+        if let Some(shared) = &mut self.shared {
+            if shared.owns(readiness, token)? {
+                return Ok(self.deliver_queued(&mut callback));
             }
         }
 
@@ -637,8 +750,11 @@ impl<K> EventSource for FenceSource<K> {
         if let Some(timer) = &mut self.timer {
             result = timer.unregister(poll);
         }
+        if let Some(shared) = &mut self.shared {
+            result = result.and(shared.unregister(poll));
+        }
         for waiting in self.slots.iter_mut().flatten() {
-            if let Some(watch) = &mut waiting.watch {
+            if let Some(Watch::Fd(watch)) = &mut waiting.watch {
                 // Keep going on error: leave nothing behind in the epoll set.
                 let r = watch.unregister(poll);
                 if result.is_ok() {
