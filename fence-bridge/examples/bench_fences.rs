@@ -11,7 +11,8 @@
 //!   - **already signalled**: `FenceSource::new` on a signalled fence (→ `Ready`): ns per call,
 //!     eventfds and fds created (must be 0);
 //!   - **wait-any over N pending** (N = 1, 100, 10,000): time from signalling one random fence to
-//!     the callback, next to the raw floor with N eventfds in one epoll set.
+//!     the callback, next to the raw floor with N eventfds in one epoll set (the library watches
+//!     two or more software fences through one shared eventfd and a callback on each).
 //! * `--kernel`: the same latency for a **sync_file** (a vgem fence exported from a dma-buf) and
 //!   a **DRM syncobj** timeline point (virtio_gpu), each next to its own raw floor (epoll on the
 //!   sync_file / on a `DRM_IOCTL_SYNCOBJ_EVENTFD` eventfd), and the already-signalled cost of
@@ -584,7 +585,7 @@ fn host(iters: usize) {
             // The waiter keeps its fences (as a compositor does); released after the sample.
             let keep = fences.clone();
             let t = Instant::now();
-            // Setup (poll fds + registration) is timed apart from the wake.
+            // Setup (poll fds or callbacks, and registration) is timed apart from the wake.
             let source = FenceSource::new(fences.into_iter().enumerate(), WaitMode::Any).unwrap();
             let token = event_loop
                 .handle()
@@ -635,7 +636,7 @@ fn host(iters: usize) {
             lib,
             raw: Some(stat(&mut raw_s)),
             note: format!(
-                "setup (eventfds+epoll_ctl) median {}; loop side alone median {} p99 {}",
+                "setup (fds or callbacks + registration) median {}; loop side alone median {} p99 {}",
                 fmt_ns(setup.median),
                 fmt_ns(loop_side.median),
                 fmt_ns(loop_side.p99)
