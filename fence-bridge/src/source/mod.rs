@@ -432,6 +432,32 @@ impl<K> FenceSource<K> {
         }
     }
 
+    /// Takes `slot`'s fence out and delivers it. Its watch goes after the callback, so that
+    /// leaving the epoll set (or removing a callback) does not delay the event. `None` if the
+    /// slot was delivered already; otherwise whether the source is done.
+    fn deliver_slot<F>(
+        &mut self,
+        slot: usize,
+        status: FenceStatus,
+        timestamp: Ktime,
+        callback: &mut F,
+    ) -> Option<bool>
+    where
+        F: FnMut(FenceEvent<K>, &mut Remaining),
+    {
+        let Waiting { watch, key, fence } = self.slots[slot].take()?;
+        self.waiting -= 1;
+        let signaled = Signaled {
+            key,
+            fence,
+            status,
+            timestamp,
+        };
+        let done = self.deliver(signaled, callback);
+        drop(watch);
+        Some(done)
+    }
+
     /// Finishes if nothing is pending: the final event of [`WaitMode::All`]. Returns whether the
     /// source is done.
     fn finish_if_done<F>(&mut self, callback: &mut F) -> bool
@@ -584,19 +610,8 @@ impl<K> FenceSource<K> {
                 shared.reset();
             }
             for (slot, status, timestamp) in shared.take() {
-                let Some(Waiting { watch, key, fence }) = self.slots[slot].take() else {
-                    continue; // delivered already
-                };
-                self.waiting -= 1;
-                let signaled = Signaled {
-                    key,
-                    fence,
-                    status,
-                    timestamp,
-                };
-                let done = self.deliver(signaled, callback);
-                drop(watch);
-                if done {
+                // `None`: delivered already (the same fence queued twice).
+                if self.deliver_slot(slot, status, timestamp, callback) == Some(true) {
                     return PostAction::Remove;
                 }
             }
@@ -689,18 +704,10 @@ impl<K> EventSource for FenceSource<K> {
             );
             return Ok(PostAction::Continue);
         };
-        // One-shot: dropping the Generic removes the fd from the epoll set — after the callback,
-        // so that the epoll_ctl does not delay the event.
-        let Waiting { watch, key, fence } = self.slots[slot].take().expect("occupied");
-        self.waiting -= 1;
-        let signaled = Signaled {
-            key,
-            fence,
-            status,
-            timestamp,
-        };
-        let done = self.deliver(signaled, &mut callback) || self.finish_if_done(&mut callback);
-        drop(watch);
+        let done = self
+            .deliver_slot(slot, status, timestamp, &mut callback)
+            .expect("found slots are occupied")
+            || self.finish_if_done(&mut callback);
         Ok(if done {
             PostAction::Remove
         } else {
