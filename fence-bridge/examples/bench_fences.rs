@@ -6,6 +6,8 @@
 //! * `--host` (default): rows that need no device —
 //!   - **raw floor**: a bare eventfd write on one thread waking an `epoll_wait` on another (the
 //!     shape of the library path, minus the library);
+//!   - **calloop floor**: the same write waking a calloop `Generic` (calloop and its `polling`
+//!     backend, no fence-bridge);
 //!   - **FenceSource, SwTimeline**: signal-to-callback latency of a software fence advanced from
 //!     another thread, through a calloop loop blocked in `dispatch`;
 //!   - **already signalled**: `FenceSource::new` on a signalled fence (→ `Ready`): ns per call,
@@ -25,10 +27,18 @@
 //! `epoll_wait`), reads the clock, signals; the waiter reads the clock when woken (for the
 //! library: inside the `FenceSource` callback). Raw and library samples alternate, so both see
 //! the same machine. `--iters N` scales the sample counts.
+//!
+//! Where the woken thread runs decides much of a sample, so the notes say how often the waiter
+//! ran before the signaller's job returned (it preempted the signaller) and how often it woke on
+//! the signaller's CPU (waking another CPU means an IPI; in a VM, to a halted vCPU). The host
+//! latency rows are then repeated with the loop thread `SCHED_FIFO`, pinned with the signaller to
+//! one CPU, where every wakeup preempts the signaller at once: what the code costs, without the
+//! scheduler's choices (needs CAP_SYS_NICE; skipped with a line saying so otherwise).
 
-use std::os::fd::{AsFd, OwnedFd};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use std::thread;
@@ -52,12 +62,15 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// Wakeups seen by the waiting thread, counted by [`woke`].
 static WAKEUPS: AtomicU64 = AtomicU64::new(0);
+/// The CPU the waiting thread last woke on.
+static WAITER_CPU: AtomicUsize = AtomicUsize::new(usize::MAX);
 
-/// The waiter's clock read on waking; also counts the wakeup, so that the signaller can tell
-/// whether the waiter ran before its job returned.
+/// The waiter's clock read on waking; also counts the wakeup and notes the CPU, so that the
+/// signaller can tell whether the waiter ran before its job returned, and where.
 fn woke() -> Instant {
     let t = Instant::now();
     WAKEUPS.fetch_add(1, Ordering::Relaxed);
+    WAITER_CPU.store(rustix::thread::sched_getcpu(), Ordering::Relaxed);
     t
 }
 
@@ -65,9 +78,11 @@ fn woke() -> Instant {
 /// and whether the waiter had already run by the time the job returned.
 struct Signaller {
     jobs: Sender<Job>,
-    started: Receiver<(Instant, bool)>,
+    started: Receiver<(Instant, bool, usize)>,
     /// Whether the waiter of the last sample ran before the signalling job returned.
     waiter_first: Cell<bool>,
+    /// Whether the waiter of the last sample woke on the signaller's CPU.
+    same_cpu: Cell<bool>,
 }
 
 impl Signaller {
@@ -80,10 +95,11 @@ impl Signaller {
                 for job in job_rx {
                     thread::sleep(PRE_SLEEP);
                     let wakeups = WAKEUPS.load(Ordering::Relaxed);
+                    let cpu = rustix::thread::sched_getcpu();
                     let t0 = Instant::now();
                     job();
                     let waiter_first = WAKEUPS.load(Ordering::Relaxed) != wakeups;
-                    if started_tx.send((t0, waiter_first)).is_err() {
+                    if started_tx.send((t0, waiter_first, cpu)).is_err() {
                         break;
                     }
                 }
@@ -93,6 +109,7 @@ impl Signaller {
             jobs,
             started,
             waiter_first: Cell::new(false),
+            same_cpu: Cell::new(false),
         }
     }
 
@@ -102,8 +119,9 @@ impl Signaller {
 
     /// When the last job started signalling; call after waking.
     fn t0(&self) -> Instant {
-        let (t0, waiter_first) = self.started.recv().unwrap();
+        let (t0, waiter_first, cpu) = self.started.recv().unwrap();
         self.waiter_first.set(waiter_first);
+        self.same_cpu.set(WAITER_CPU.load(Ordering::Relaxed) == cpu);
         t0
     }
 
@@ -111,6 +129,41 @@ impl Signaller {
     /// the wakeup preempted the signaller at once instead of waiting for it to block.
     fn waiter_ran_first(&self) -> bool {
         self.waiter_first.get()
+    }
+
+    /// Whether the last sample's waiter woke on the CPU the signaller ran on. Waking another,
+    /// idle CPU is the slow case in a VM (an IPI to a halted vCPU).
+    fn woke_on_same_cpu(&self) -> bool {
+        self.same_cpu.get()
+    }
+}
+
+/// How the wakeups of a set of samples went, for the note column.
+#[derive(Default)]
+struct Handoffs {
+    samples: usize,
+    waiter_first: usize,
+    same_cpu: usize,
+}
+
+impl Handoffs {
+    /// Counts the sample `sig` just finished.
+    fn count(&mut self, sig: &Signaller) {
+        self.samples += 1;
+        self.waiter_first += usize::from(sig.waiter_ran_first());
+        self.same_cpu += usize::from(sig.woke_on_same_cpu());
+    }
+}
+
+impl fmt::Display for Handoffs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let pct = |n: usize| n * 100 / self.samples.max(1);
+        write!(
+            f,
+            "waiter ran first {}%, same CPU {}%",
+            pct(self.waiter_first),
+            pct(self.same_cpu)
+        )
     }
 }
 
@@ -358,7 +411,8 @@ fn already_signaled_row(name: &str, fence: &Fence, batches: usize, syscalls: &st
 
 /// Signal-to-callback rows for one scheduling set-up: the raw floor, calloop's floor and a
 /// SwTimeline fence through `FenceSource`, sampled in turn. Each note says how often the waiter
-/// ran before the signaller's job returned (on one CPU: the wakeup preempted the signaller).
+/// ran before the signaller's job returned (on one CPU: the wakeup preempted the signaller) and
+/// how often it woke on the signaller's CPU.
 fn handoff_rows(
     sig: &Signaller,
     event_loop: &mut EventLoop<'static, Option<Instant>>,
@@ -368,21 +422,25 @@ fn handoff_rows(
     names: [&str; 3],
 ) -> Vec<Row> {
     let (mut raw_s, mut calloop_s, mut lib_s) = (Vec::new(), Vec::new(), Vec::new());
-    let mut first = [0usize; 3];
-    let mut count_first = |kind: usize| first[kind] += usize::from(sig.waiter_ran_first());
+    let mut handoffs: [Handoffs; 3] = Default::default();
     for _ in 0..iters {
         raw_s.push(ns(raw.sample(sig, 0)));
-        count_first(0);
+        handoffs[0].count(sig);
         calloop_s.push(ns(calloop_sample(event_loop, sig)));
-        count_first(1);
+        handoffs[1].count(sig);
         let fence = timeline.create_fence(timeline.value() + 1);
         let t = timeline.clone();
-        lib_s.push(ns(library_sample(event_loop, sig, vec![fence], move || {
-            t.advance(1);
-        })));
-        count_first(2);
+        lib_s.push(ns(library_sample(
+            event_loop,
+            sig,
+            vec![fence],
+            move || {
+                t.advance(1);
+            },
+        )));
+        handoffs[2].count(sig);
     }
-    let first = |kind: usize| format!("waiter ran first {}%", first[kind] * 100 / iters.max(1));
+    let first = |kind: usize| handoffs[kind].to_string();
     let raw_stat = stat(&mut raw_s);
     let calloop_stat = stat(&mut calloop_s);
     let lib_stat = stat(&mut lib_s);
@@ -421,7 +479,8 @@ struct LoopThreadFifo<'a> {
 
 impl<'a> LoopThreadFifo<'a> {
     fn enter(sig: &'a Signaller) -> Result<LoopThreadFifo<'a>, String> {
-        let cpus = rustix::thread::sched_getaffinity(None).map_err(|e| format!("getaffinity: {e}"))?;
+        let cpus =
+            rustix::thread::sched_getaffinity(None).map_err(|e| format!("getaffinity: {e}"))?;
         let param = libc::sched_param { sched_priority: 10 };
         // SAFETY: plain syscall on the calling thread (pid 0) with a valid sched_param.
         if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
@@ -445,11 +504,103 @@ impl Drop for LoopThreadFifo<'_> {
         // SAFETY: as in `enter`.
         unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
         let _ = rustix::thread::sched_setaffinity(None, &self.cpus);
-        let cpus = self.cpus.clone();
+        let cpus = self.cpus;
         self.sig
             .fire(move || rustix::thread::sched_setaffinity(None, &cpus).unwrap());
         self.sig.t0();
     }
+}
+
+/// Wait-any over 1, 100 and 10,000 pending software fences: signal one at random, time to the
+/// callback; next to the raw floor with as many eventfds in one epoll set.
+fn wait_any_rows(
+    sig: &Signaller,
+    event_loop: &mut EventLoop<'static, Option<Instant>>,
+    iters: usize,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    for (n, samples) in [
+        (1usize, iters / 2),
+        (100, iters / 4),
+        (10_000, (iters / 50).max(10)),
+    ] {
+        // Raw first, then the library: 2 x 10,000 fds at once would pass the fd limit.
+        let raw = RawEpoll::new(n);
+        let mut raw_s: Vec<f64> = (0..samples.max(5))
+            .map(|_| ns(raw.sample(sig, rng.below(n))))
+            .collect();
+        drop(raw);
+        let ctx = FenceContext::new("any");
+        let mut lib_s = Vec::new();
+        let mut setup = Vec::new();
+        let mut handoffs = Handoffs::default();
+        for _ in 0..samples.max(5) {
+            let fences: Vec<Fence> = (0..n).map(|_| ctx.create_fence()).collect();
+            let target = fences[rng.below(n)].clone();
+            // The waiter keeps its fences (as a compositor does); released after the sample.
+            let keep = fences.clone();
+            let t = Instant::now();
+            // Setup (poll fds or callbacks, and registration) is timed apart from the wake.
+            let source = FenceSource::new(fences.into_iter().enumerate(), WaitMode::Any).unwrap();
+            let token = event_loop
+                .handle()
+                .insert_source(source, |_, _, woken: &mut Option<Instant>| {
+                    *woken = Some(woke())
+                })
+                .map_err(|e| e.error)
+                .unwrap();
+            setup.push(ns(t.elapsed()));
+            let mut woke = None;
+            sig.fire(move || {
+                target.signal();
+            });
+            while woke.is_none() {
+                event_loop.dispatch(None, &mut woke).unwrap();
+            }
+            lib_s.push(ns(woke.unwrap() - sig.t0()));
+            handoffs.count(sig);
+            event_loop.handle().remove(token); // already removed itself; harmless
+                                               // Released unsignalled: the source let go of their poll fds, so nobody waits on
+                                               // them and they go quietly (no EDEADLK, no warning).
+            drop(keep);
+        }
+        // The loop side alone, on one thread: the fence is already signalled when `dispatch(0)`
+        // runs, so this is calloop's dispatch plus FenceSource's lookup among n.
+        let mut loop_s = Vec::new();
+        for _ in 0..samples.max(5) {
+            let fences: Vec<Fence> = (0..n).map(|_| ctx.create_fence()).collect();
+            let target = fences[rng.below(n)].clone();
+            let source = FenceSource::new(fences.into_iter().enumerate(), WaitMode::Any).unwrap();
+            event_loop
+                .handle()
+                .insert_source(source, |_, _, woke: &mut Option<Instant>| {
+                    *woke = Some(Instant::now())
+                })
+                .map_err(|e| e.error)
+                .unwrap();
+            target.signal();
+            let mut woke = None;
+            let t = Instant::now();
+            event_loop.dispatch(Duration::ZERO, &mut woke).unwrap();
+            loop_s.push(ns(woke.expect("ready") - t));
+        }
+        let setup = stat(&mut setup);
+        let lib = stat(&mut lib_s);
+        let loop_side = stat(&mut loop_s);
+        rows.push(Row {
+            name: format!("wait-any, {n} pending: signal one -> callback"),
+            lib,
+            raw: Some(stat(&mut raw_s)),
+            note: format!(
+                "{handoffs}; setup (fds or callbacks + registration) median {}; loop side alone median {} p99 {}",
+                fmt_ns(setup.median),
+                fmt_ns(loop_side.median),
+                fmt_ns(loop_side.p99)
+            ),
+        });
+    }
+    rows
 }
 
 // --- host rows ----------------------------------------------------------------------------------
@@ -459,9 +610,8 @@ fn host(iters: usize) {
     let mut event_loop = EventLoop::<Option<Instant>>::try_new().unwrap();
     let mut rows = Vec::new();
 
-    // Raw floor, calloop floor and SwTimeline through FenceSource, interleaved: first as the
-    // scheduler places the two threads, then with the loop thread SCHED_FIFO and both threads on
-    // one CPU, so that every wakeup preempts the signaller at once.
+    // Raw floor, calloop floor and SwTimeline through FenceSource, interleaved, as the scheduler
+    // places the two threads (a second table below takes that choice away).
     let raw = RawEpoll::new(1);
     let timeline = Arc::new(SwTimeline::new("bench"));
     let names = [
@@ -469,19 +619,14 @@ fn host(iters: usize) {
         "calloop floor: Generic<eventfd>, write -> callback",
         "FenceSource: SwTimeline fence, signal -> callback",
     ];
-    rows.extend(handoff_rows(&sig, &mut event_loop, &raw, &timeline, iters, names));
-    match LoopThreadFifo::enter(&sig) {
-        Ok(fifo) => {
-            let names = [
-                "  loop SCHED_FIFO, one CPU: raw floor",
-                "  loop SCHED_FIFO, one CPU: calloop floor",
-                "  loop SCHED_FIFO, one CPU: FenceSource, SwTimeline",
-            ];
-            rows.extend(handoff_rows(&sig, &mut event_loop, &raw, &timeline, iters, names));
-            drop(fifo);
-        }
-        Err(err) => println!("host rows: no SCHED_FIFO rows: {err}"),
-    }
+    rows.extend(handoff_rows(
+        &sig,
+        &mut event_loop,
+        &raw,
+        &timeline,
+        iters,
+        names,
+    ));
 
     // Where the difference goes, on one thread (no wakeup): the signalling side (advance, which
     // writes the core's eventfd from a fence callback) against a bare eventfd write, and the loop
@@ -563,87 +708,28 @@ fn host(iters: usize) {
         "0 by construction (atomic load + 2 uncontended locks)",
     ));
 
-    // Wait-any over N pending fences.
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    for (n, samples) in [
-        (1usize, iters / 2),
-        (100, iters / 4),
-        (10_000, (iters / 50).max(10)),
-    ] {
-        // Raw first, then the library: 2 x 10,000 fds at once would pass the fd limit.
-        let raw = RawEpoll::new(n);
-        let mut raw_s: Vec<f64> = (0..samples.max(5))
-            .map(|_| ns(raw.sample(&sig, rng.below(n))))
-            .collect();
-        drop(raw);
-        let ctx = FenceContext::new("any");
-        let mut lib_s = Vec::new();
-        let mut setup = Vec::new();
-        for _ in 0..samples.max(5) {
-            let fences: Vec<Fence> = (0..n).map(|_| ctx.create_fence()).collect();
-            let target = fences[rng.below(n)].clone();
-            // The waiter keeps its fences (as a compositor does); released after the sample.
-            let keep = fences.clone();
-            let t = Instant::now();
-            // Setup (poll fds or callbacks, and registration) is timed apart from the wake.
-            let source = FenceSource::new(fences.into_iter().enumerate(), WaitMode::Any).unwrap();
-            let token = event_loop
-                .handle()
-                .insert_source(source, |_, _, woken: &mut Option<Instant>| {
-                    *woken = Some(woke())
-                })
-                .map_err(|e| e.error)
-                .unwrap();
-            setup.push(ns(t.elapsed()));
-            let mut woke = None;
-            sig.fire(move || {
-                target.signal();
-            });
-            while woke.is_none() {
-                event_loop.dispatch(None, &mut woke).unwrap();
-            }
-            lib_s.push(ns(woke.unwrap() - sig.t0()));
-            event_loop.handle().remove(token); // already removed itself; harmless
-                                               // Released unsignalled: the source let go of their poll fds, so nobody waits on
-                                               // them and they go quietly (no EDEADLK, no warning).
-            drop(keep);
-        }
-        // The loop side alone, on one thread: the fence is already signalled when `dispatch(0)`
-        // runs, so this is calloop's dispatch plus FenceSource's lookup among n.
-        let mut loop_s = Vec::new();
-        for _ in 0..samples.max(5) {
-            let fences: Vec<Fence> = (0..n).map(|_| ctx.create_fence()).collect();
-            let target = fences[rng.below(n)].clone();
-            let source = FenceSource::new(fences.into_iter().enumerate(), WaitMode::Any).unwrap();
-            event_loop
-                .handle()
-                .insert_source(source, |_, _, woke: &mut Option<Instant>| {
-                    *woke = Some(Instant::now())
-                })
-                .map_err(|e| e.error)
-                .unwrap();
-            target.signal();
-            let mut woke = None;
-            let t = Instant::now();
-            event_loop.dispatch(Duration::ZERO, &mut woke).unwrap();
-            loop_s.push(ns(woke.expect("ready") - t));
-        }
-        let setup = stat(&mut setup);
-        let lib = stat(&mut lib_s);
-        let loop_side = stat(&mut loop_s);
-        rows.push(Row {
-            name: format!("wait-any, {n} pending: signal one -> callback"),
-            lib,
-            raw: Some(stat(&mut raw_s)),
-            note: format!(
-                "setup (fds or callbacks + registration) median {}; loop side alone median {} p99 {}",
-                fmt_ns(setup.median),
-                fmt_ns(loop_side.median),
-                fmt_ns(loop_side.p99)
-            ),
-        });
-    }
+    rows.extend(wait_any_rows(&sig, &mut event_loop, iters));
     print_table("fence-bridge: host rows (software fences)", &rows);
+
+    // The latency rows again with the loop thread SCHED_FIFO, pinned with the signaller to one
+    // CPU: every wakeup preempts the signaller at once, on its CPU.
+    match LoopThreadFifo::enter(&sig) {
+        Ok(fifo) => {
+            let names = [
+                "raw floor: eventfd write -> epoll_wait",
+                "calloop floor: Generic<eventfd>, write -> callback",
+                "FenceSource: SwTimeline fence, signal -> callback",
+            ];
+            let mut rows = handoff_rows(&sig, &mut event_loop, &raw, &timeline, iters, names);
+            rows.extend(wait_any_rows(&sig, &mut event_loop, iters));
+            drop(fifo);
+            print_table(
+                "fence-bridge: host rows, loop thread SCHED_FIFO on the signaller's CPU",
+                &rows,
+            );
+        }
+        Err(err) => println!("\nhost rows: no SCHED_FIFO table: {err}"),
+    };
 }
 
 // --- kernel rows --------------------------------------------------------------------------------

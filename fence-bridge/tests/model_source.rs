@@ -651,7 +651,11 @@ fn large_set_any_mode_and_a_fence_twice() {
     }
     assert_eq!(any.len(), 1);
     assert_eq!(signaled_key(&any[0]), 777);
-    assert_eq!(registered(&event_loop_any), base + 1, "the Each source's eventfd");
+    assert_eq!(
+        registered(&event_loop_any),
+        base + 1,
+        "the Each source's eventfd"
+    );
 }
 
 #[test]
@@ -729,7 +733,11 @@ fn kernel_fences_keep_their_fds_and_software_fences_share_one_eventfd() {
         )
         .unwrap(),
     );
-    assert_eq!(stats().since(&before).eventfds_created, 1, "only the shared one");
+    assert_eq!(
+        stats().since(&before).eventfds_created,
+        1,
+        "only the shared one"
+    );
     assert_eq!(registered(&event_loop), base + 1 + 3);
 
     let mut events = Vec::new();
@@ -740,7 +748,11 @@ fn kernel_fences_keep_their_fds_and_software_fences_share_one_eventfd() {
     let mut keys: Vec<&str> = events.iter().map(signaled_key).collect();
     keys.sort();
     assert_eq!(keys, ["b", "s1"]);
-    assert_eq!(registered(&event_loop), base + 1 + 2, "b's fd left; the shared one stays");
+    assert_eq!(
+        registered(&event_loop),
+        base + 1 + 2,
+        "b's fd left; the shared one stays"
+    );
 
     lone.signal();
     soft[0].signal();
@@ -789,7 +801,8 @@ fn native_fences_are_found_among_many() {
     let _serial = serial();
     let mut event_loop = EventLoop::<Events<usize>>::try_new().unwrap();
     let base = registered(&event_loop);
-    let natives: Vec<(Fence, Arc<AtomicBool>, UnixStream)> = (0..60).map(|_| pipe_fence()).collect();
+    let natives: Vec<(Fence, Arc<AtomicBool>, UnixStream)> =
+        (0..60).map(|_| pipe_fence()).collect();
     insert(
         &event_loop,
         FenceSource::new(

@@ -59,7 +59,10 @@ fn the_notifier_works_after_a_timeout_fired() -> io::Result<()> {
         poller.notify()?;
         let start = Instant::now();
         poller.wait(&mut events, Some(Duration::from_secs(10)))?;
-        assert!(start.elapsed() < Duration::from_secs(5), "notification lost");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "notification lost"
+        );
     }
     Ok(())
 }
@@ -83,7 +86,10 @@ fn an_undelivered_notification_wakes_the_next_wait_and_is_then_cleared() -> io::
     // The next wait gets the pending notification at once (no events for the caller)...
     poller.wait(&mut events, Some(Duration::from_secs(10)))?;
     assert!(events.is_empty());
-    assert!(start.elapsed() < Duration::from_secs(5), "notification lost");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "notification lost"
+    );
 
     // ...and then it is gone: this one times out.
     events.clear();
