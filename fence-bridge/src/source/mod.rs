@@ -45,9 +45,9 @@
 //!   their callbacks say which one signalled.
 //! * **Hot path.** Signalling a lone software fence writes its eventfd first thing after the
 //!   state change (no callback, no allocation, no futex wake unless a thread sleeps in a
-//!   blocking wait); delivering it takes one lock of the fence and allocates nothing. calloop's
-//!   own cost per dispatch is that of its `polling` backend, which this workspace carries
-//!   patched (`third_party/polling/FENCEGATE.md`): no syscall around `epoll_wait` besides it.
+//!   blocking wait); delivering it takes one lock of the fence and allocates nothing. The rest
+//!   of a wakeup is calloop's, whose `polling` backend this workspace carries patched so that
+//!   `epoll_wait` is the only syscall it makes (`third_party/polling/FENCEGATE.md`).
 //! * **Limits.** calloop gives one source 65,536 sub-tokens; the source needs two for itself,
 //!   hence [`FenceSource::MAX_PENDING`].
 //!
@@ -256,7 +256,7 @@ struct Waiting<K> {
 pub struct FenceSource<K = usize> {
     mode: WaitMode,
     /// The pending fences, in the order given (a slot is emptied when its fence is delivered;
-    /// slots never move, so a slot number stays valid for the token table).
+    /// slots never move, so the slot number a callback queued stays valid).
     slots: Vec<Option<Waiting<K>>>,
     /// How many of `slots` are occupied.
     waiting: usize,
@@ -281,8 +281,8 @@ impl<K> FenceSource<K> {
     ///
     /// Asks each fence [`Fence::is_signaled`] (one ioctl for a kernel fence, an atomic
     /// load for a software one) and creates nothing for the signalled ones: no eventfd, no
-    /// registration. Poll fds for the pending ones are created when the source is inserted
-    /// into a loop.
+    /// registration. Poll fds (or callbacks) for the pending ones are made when the source is
+    /// inserted into a loop.
     ///
     /// Returns `Err(Ready)` when every fence has signalled, when [`WaitMode::Any`] finds one that
     /// has (it stops looking there) or when `fences` is empty.
