@@ -6,7 +6,10 @@
 //! [`add_callback`](Fence::add_callback), [`wait_timeout`](Fence::wait_timeout),
 //! [`is_later`](Fence::is_later) — and one backend trait, [`FenceOps`], through which every kind of
 //! fence plugs in. This crate holds the core model and the software timeline ([`SwTimeline`],
-//! like sw_sync); sync_file, DRM syncobj, dma-buf, KMS and EGL fences are further backends.
+//! like sw_sync); sync_file, DRM syncobj, dma-buf, KMS and EGL fences are further backends. Their
+//! modules ([`sync_file`], [`syncobj`], [`dma_buf`], [`kms`], `egl` with the `smithay` feature,
+//! and [`drm_device`] for the device they need) open with the kernel semantics they rely on;
+//! every type is also re-exported here.
 //!
 //! # Fences overview
 //!
@@ -97,14 +100,14 @@
 #![warn(missing_docs)]
 
 mod context;
-mod dma_buf;
-mod drm_device;
+pub mod dma_buf;
+pub mod drm_device;
 #[cfg(feature = "smithay")]
-mod egl;
+pub mod egl;
 mod error;
 mod fence;
 mod ioctl;
-mod kms;
+pub mod kms;
 mod ops;
 mod order;
 mod poll;
@@ -113,8 +116,8 @@ mod reactor;
 pub mod source;
 mod stats;
 mod sw_timeline;
-mod sync_file;
-mod syncobj;
+pub mod sync_file;
+pub mod syncobj;
 mod syncobj_point;
 mod time;
 #[cfg(feature = "trace-export")]
