@@ -489,12 +489,14 @@ impl<'a> LoopThreadFifo<'a> {
                 std::io::Error::last_os_error()
             ));
         }
+        // From here on, dropping the guard (also on the error path) restores both threads.
+        let guard = LoopThreadFifo { sig, cpus };
         let mut one = CpuSet::new();
         one.set(rustix::thread::sched_getcpu());
         rustix::thread::sched_setaffinity(None, &one).map_err(|e| format!("setaffinity: {e}"))?;
         sig.fire(move || rustix::thread::sched_setaffinity(None, &one).unwrap());
         sig.t0();
-        Ok(LoopThreadFifo { sig, cpus })
+        Ok(guard)
     }
 }
 
