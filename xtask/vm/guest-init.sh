@@ -4,7 +4,9 @@
 # kernel tree and the out-of-tree ones the initramfs carries (vkms), runs the job the host wrote
 # to the writable 9p share (tag "fgjob", mounted on /run/fencegate/job), writes its exit code
 # there and powers off. Files in the job dir:
-#   guest.env   (host -> guest) FG_KVER, FG_MODROOT, FG_MODULES, FG_STRICT_MODULES
+#   guest.env   (host -> guest) FG_KVER, FG_MODROOT, FG_MODULES, FG_STRICT_MODULES,
+#               FG_DUMP_AFTER (seconds: when to dump every task's stack, before the host's
+#               watchdog kills the guest)
 #   job.sh      (host -> guest) cd + `exec env -i VARS... command`, run with /bin/bash
 #   stdout, stderr           (guest -> host) the command's output
 #   exit-code                (guest -> host) written last: its presence means the job finished
@@ -82,6 +84,27 @@ i=0
 while [ $i -lt 20 ] && ! $BB ls /dev/dri/card* >/dev/null 2>&1; do $BB sleep 0.1; i=$((i+1)); done
 $BB ls -l /dev/dri >>"$JOB/guest.log" 2>&1
 
+# A job still running at FG_DUMP_AFTER is about to be killed by the host's watchdog: say where
+# every task is first, on the console (not the 9p share, which may be what hangs): the processes,
+# the kernel stack of each user thread, then sysrq-w (blocked tasks, kernel threads too) and
+# sysrq-l (what each CPU runs).
+if [ -n "${FG_DUMP_AFTER:-}" ]; then
+    (
+        $BB sleep "$FG_DUMP_AFTER"
+        exec >/dev/console 2>&1
+        echo 8 >/proc/sys/kernel/printk
+        echo "fencegate-vm: GUEST HANG DUMP: the job has run ${FG_DUMP_AFTER}s"
+        $BB ps -o pid,ppid,stat,args
+        for task in /proc/[0-9]*/task/[0-9]*; do
+            # A kernel thread has an empty cmdline (and procfs sizes are all 0, so read it).
+            [ -n "$($BB head -c1 "${task%/task/*}/cmdline" 2>/dev/null)" ] || continue
+            echo "--- ${task#/proc/} $($BB cat "$task/comm") state $($BB cut -d' ' -f3 "$task/stat") wchan $($BB cat "$task/wchan")"
+            $BB cat "$task/stack"
+        done
+        for t in w l; do echo "$t" >/proc/sysrq-trigger; done
+        echo "fencegate-vm: GUEST HANG DUMP done"
+    ) &
+fi
 $BB cut -d' ' -f1 /proc/uptime >"$JOB/boot-seconds"
 /bin/bash "$JOB/job.sh" </dev/null >"$JOB/stdout" 2>"$JOB/stderr"
 code=$?
