@@ -28,6 +28,14 @@
 //! library: inside the `FenceSource` callback). Raw and library samples alternate, so both see
 //! the same machine. `--iters N` scales the sample counts.
 //!
+//! Every waiter, raw or library, also works for the same span between the wakeup that ended its
+//! previous sample and its next wait (its own setup, then a spin to the end of the span), as an
+//! event loop does between two waits. Under EEVDF a woken thread preempts the running one only
+//! if it is owed CPU time, and a thread that ran longer before it slept is owed less: when only
+//! the raw waiter skipped its setup, its wakeups preempted the signaller far more often (3 µs of
+//! extra work before the raw wait took that from 59% of samples to 15% on the build machine), so
+//! the rows compared the scheduler's verdicts rather than the wake paths.
+//!
 //! Where the woken thread runs decides much of a sample, so the notes say how often the waiter
 //! ran before the signaller's job returned (it preempted the signaller) and how often it woke on
 //! the signaller's CPU (waking another CPU means an IPI; in a VM, to a halted vCPU). The host
@@ -65,14 +73,50 @@ static WAKEUPS: AtomicU64 = AtomicU64::new(0);
 /// The CPU the waiting thread last woke on.
 static WAITER_CPU: AtomicUsize = AtomicUsize::new(usize::MAX);
 
+thread_local! {
+    /// When this (waiting) thread last woke, for [`work_span`].
+    static LAST_WAKE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// Samples whose setup alone took longer than their row's span.
+    static OVER_SPAN: Cell<usize> = const { Cell::new(0) };
+}
+
 /// The waiter's clock read on waking; also counts the wakeup and notes the CPU, so that the
 /// signaller can tell whether the waiter ran before its job returned, and where.
 fn woke() -> Instant {
     let t = Instant::now();
     WAKEUPS.fetch_add(1, Ordering::Relaxed);
     WAITER_CPU.store(rustix::thread::sched_getcpu(), Ordering::Relaxed);
+    LAST_WAKE.set(Some(t));
     t
 }
+
+/// The waiter's work between two waits, the same for every sample of a row: spins until `span`
+/// has passed since its last wakeup (see the module docs for why). Call right before handing
+/// the signaller its job; a sample whose setup already took longer is counted in [`OVER_SPAN`].
+fn work_span(span: Duration) {
+    let Some(end) = LAST_WAKE
+        .get()
+        .filter(|_| !span.is_zero())
+        .map(|t| t + span)
+    else {
+        return;
+    };
+    if Instant::now() > end {
+        OVER_SPAN.set(OVER_SPAN.get() + 1);
+    }
+    while Instant::now() < end {
+        std::hint::spin_loop();
+    }
+}
+
+/// Starts a row's first span now (the waiter may have done anything since its last wakeup).
+fn start_spans() {
+    LAST_WAKE.set(Some(Instant::now()));
+    OVER_SPAN.set(0);
+}
+
+/// The waiter's work span of the single-fence rows: far above their setup (a few µs).
+const SPAN: Duration = Duration::from_micros(50);
 
 /// The other thread: sleeps, reads the clock, runs the signalling job, reports when it started
 /// and whether the waiter had already run by the time the job returned.
@@ -144,14 +188,16 @@ struct Handoffs {
     samples: usize,
     waiter_first: usize,
     same_cpu: usize,
+    over_span: usize,
 }
 
 impl Handoffs {
-    /// Counts the sample `sig` just finished.
+    /// Counts the sample `sig` just finished (on the waiting thread).
     fn count(&mut self, sig: &Signaller) {
         self.samples += 1;
         self.waiter_first += usize::from(sig.waiter_ran_first());
         self.same_cpu += usize::from(sig.woke_on_same_cpu());
+        self.over_span += OVER_SPAN.replace(0);
     }
 }
 
@@ -163,7 +209,11 @@ impl fmt::Display for Handoffs {
             "waiter ran first {}%, same CPU {}%",
             pct(self.waiter_first),
             pct(self.same_cpu)
-        )
+        )?;
+        if self.over_span > 0 {
+            write!(f, ", {} setups longer than the span", self.over_span)?;
+        }
+        Ok(())
     }
 }
 
@@ -193,8 +243,9 @@ impl RawEpoll {
     }
 
     /// One sample: the signaller writes eventfd `i`, we wake in epoll_wait.
-    fn sample(&self, sig: &Signaller, i: usize) -> Duration {
+    fn sample(&self, sig: &Signaller, i: usize, span: Duration) -> Duration {
         let fd = self.fds[i].clone();
+        work_span(span);
         sig.fire(move || {
             rustix::io::write(&*fd, &1u64.to_ne_bytes()).unwrap();
         });
@@ -226,6 +277,7 @@ fn library_sample(
     event_loop: &mut EventLoop<'static, Option<Instant>>,
     sig: &Signaller,
     fences: Vec<Fence>,
+    span: Duration,
     signal: impl FnOnce() + Send + 'static,
 ) -> Duration {
     let source =
@@ -238,6 +290,7 @@ fn library_sample(
         .map_err(|e| e.error)
         .unwrap();
     let mut woke = None;
+    work_span(span);
     sig.fire(signal);
     while woke.is_none() {
         event_loop.dispatch(None, &mut woke).unwrap();
@@ -250,6 +303,7 @@ fn library_sample(
 fn calloop_sample(
     event_loop: &mut EventLoop<'static, Option<Instant>>,
     sig: &Signaller,
+    span: Duration,
 ) -> Duration {
     use calloop::generic::Generic;
     use calloop::{Interest, Mode, PostAction};
@@ -266,6 +320,7 @@ fn calloop_sample(
         .map_err(|e| e.error)
         .unwrap();
     let mut woke = None;
+    work_span(span);
     sig.fire(move || {
         rustix::io::write(&*fd, &1u64.to_ne_bytes()).unwrap();
     });
@@ -410,9 +465,10 @@ fn already_signaled_row(name: &str, fence: &Fence, batches: usize, syscalls: &st
 }
 
 /// Signal-to-callback rows for one scheduling set-up: the raw floor, calloop's floor and a
-/// SwTimeline fence through `FenceSource`, sampled in turn. Each note says how often the waiter
-/// ran before the signaller's job returned (on one CPU: the wakeup preempted the signaller) and
-/// how often it woke on the signaller's CPU.
+/// SwTimeline fence through `FenceSource`, sampled in turn, each waiter working for `span` between
+/// its waits ([`work_span`]). Each note says how often the waiter ran before the signaller's job
+/// returned (on one CPU: the wakeup preempted the signaller) and how often it woke on the
+/// signaller's CPU.
 fn handoff_rows(
     sig: &Signaller,
     event_loop: &mut EventLoop<'static, Option<Instant>>,
@@ -420,13 +476,15 @@ fn handoff_rows(
     timeline: &Arc<SwTimeline>,
     iters: usize,
     names: [&str; 3],
+    span: Duration,
 ) -> Vec<Row> {
     let (mut raw_s, mut calloop_s, mut lib_s) = (Vec::new(), Vec::new(), Vec::new());
     let mut handoffs: [Handoffs; 3] = Default::default();
+    start_spans();
     for _ in 0..iters {
-        raw_s.push(ns(raw.sample(sig, 0)));
+        raw_s.push(ns(raw.sample(sig, 0, span)));
         handoffs[0].count(sig);
-        calloop_s.push(ns(calloop_sample(event_loop, sig)));
+        calloop_s.push(ns(calloop_sample(event_loop, sig, span)));
         handoffs[1].count(sig);
         let fence = timeline.create_fence(timeline.value() + 1);
         let t = timeline.clone();
@@ -434,6 +492,7 @@ fn handoff_rows(
             event_loop,
             sig,
             vec![fence],
+            span,
             move || {
                 t.advance(1);
             },
@@ -519,14 +578,17 @@ fn wait_any_rows(
     sig: &Signaller,
     event_loop: &mut EventLoop<'static, Option<Instant>>,
     iters: usize,
+    equal_spans: bool,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
-    for (n, samples) in [
-        (1usize, iters / 2),
-        (100, iters / 4),
-        (10_000, (iters / 50).max(10)),
+    // Each span covers the row's setup: making n fences, the source, dropping the last sample's.
+    for (n, samples, span) in [
+        (1usize, iters / 2, SPAN),
+        (100, iters / 4, Duration::from_micros(200)),
+        (10_000, (iters / 50).max(10), Duration::from_millis(10)),
     ] {
+        let span = if equal_spans { span } else { Duration::ZERO };
         // Raw and library samples alternate (the library's software fences share one eventfd,
         // so both fit under the fd limit together).
         let raw = RawEpoll::new(n);
@@ -534,9 +596,11 @@ fn wait_any_rows(
         let ctx = FenceContext::new("any");
         let mut lib_s = Vec::new();
         let mut setup = Vec::new();
-        let mut handoffs = Handoffs::default();
+        let (mut handoffs, mut raw_handoffs) = (Handoffs::default(), Handoffs::default());
+        start_spans();
         for _ in 0..samples.max(5) {
-            raw_s.push(ns(raw.sample(sig, rng.below(n))));
+            raw_s.push(ns(raw.sample(sig, rng.below(n), span)));
+            raw_handoffs.count(sig);
             let fences: Vec<Fence> = (0..n).map(|_| ctx.create_fence()).collect();
             let target = fences[rng.below(n)].clone();
             // The waiter keeps its fences (as a compositor does); released after the sample.
@@ -553,6 +617,7 @@ fn wait_any_rows(
                 .unwrap();
             setup.push(ns(t.elapsed()));
             let mut woke = None;
+            work_span(span);
             sig.fire(move || {
                 target.signal();
             });
@@ -562,8 +627,8 @@ fn wait_any_rows(
             lib_s.push(ns(woke.unwrap() - sig.t0()));
             handoffs.count(sig);
             event_loop.handle().remove(token); // already removed itself; harmless
-                                               // Released unsignalled: the source let go of their poll fds, so nobody waits on
-                                               // them and they go quietly (no EDEADLK, no warning).
+                                               // Released unsignalled: the source let go of their poll fds, so nobody waits on them
+                                               // and they go quietly (no EDEADLK, no warning).
             drop(keep);
         }
         // The loop side alone, on one thread: the fence is already signalled when `dispatch(0)`
@@ -594,7 +659,7 @@ fn wait_any_rows(
             lib,
             raw: Some(stat(&mut raw_s)),
             note: format!(
-                "{handoffs}; setup (fds or callbacks + registration) median {}; loop side alone median {} p99 {}",
+                "{handoffs} (raw: {raw_handoffs}); setup (fds or callbacks + registration) median {}; loop side alone median {} p99 {}",
                 fmt_ns(setup.median),
                 fmt_ns(loop_side.median),
                 fmt_ns(loop_side.p99)
@@ -612,7 +677,8 @@ fn host(iters: usize) {
     let mut rows = Vec::new();
 
     // Raw floor, calloop floor and SwTimeline through FenceSource, interleaved, as the scheduler
-    // places the two threads (a second table below takes that choice away).
+    // places the two threads, each waiter working for the same span between its waits (a second
+    // table below takes the scheduler's choice away).
     let raw = RawEpoll::new(1);
     let timeline = Arc::new(SwTimeline::new("bench"));
     let names = [
@@ -627,6 +693,7 @@ fn host(iters: usize) {
         &timeline,
         iters,
         names,
+        SPAN,
     ));
 
     // Where the difference goes, on one thread (no wakeup): the signalling side (advance, which
@@ -709,11 +776,12 @@ fn host(iters: usize) {
         "0 by construction (atomic load + 2 uncontended locks)",
     ));
 
-    rows.extend(wait_any_rows(&sig, &mut event_loop, iters));
+    rows.extend(wait_any_rows(&sig, &mut event_loop, iters, true));
     print_table("fence-bridge: host rows (software fences)", &rows);
 
     // The latency rows again with the loop thread SCHED_FIFO, pinned with the signaller to one
-    // CPU: every wakeup preempts the signaller at once, on its CPU.
+    // CPU: every wakeup preempts the signaller at once, on its CPU, so there is no verdict to
+    // even out and the waiters skip the work span.
     match LoopThreadFifo::enter(&sig) {
         Ok(fifo) => {
             let names = [
@@ -721,8 +789,16 @@ fn host(iters: usize) {
                 "calloop floor: Generic<eventfd>, write -> callback",
                 "FenceSource: SwTimeline fence, signal -> callback",
             ];
-            let mut rows = handoff_rows(&sig, &mut event_loop, &raw, &timeline, iters, names);
-            rows.extend(wait_any_rows(&sig, &mut event_loop, iters));
+            let mut rows = handoff_rows(
+                &sig,
+                &mut event_loop,
+                &raw,
+                &timeline,
+                iters,
+                names,
+                Duration::ZERO,
+            );
+            rows.extend(wait_any_rows(&sig, &mut event_loop, iters, false));
             drop(fifo);
             print_table(
                 "fence-bridge: host rows, loop thread SCHED_FIFO on the signaller's CPU",
@@ -734,6 +810,10 @@ fn host(iters: usize) {
 }
 
 // --- kernel rows --------------------------------------------------------------------------------
+
+/// The waiter's work span of the kernel rows: TCG runs a setup (an export ioctl, a source) far
+/// slower than the host.
+const KERNEL_SPAN: Duration = Duration::from_millis(2);
 
 fn kernel(iters: usize) {
     let iters = iters.clamp(20, 300); // TCG is slow
@@ -748,6 +828,8 @@ fn kernel(iters: usize) {
             let bo = vgem.create_bo();
             let dmabuf = fence_bridge::DmaBuf::new(bo.dmabuf.try_clone().unwrap());
             let (mut raw_s, mut lib_s) = (Vec::new(), Vec::new());
+            let (mut raw_h, mut lib_h) = (Handoffs::default(), Handoffs::default());
+            start_spans();
             for _ in 0..iters {
                 // Raw: epoll on the sync_file fd itself.
                 let f = vgem.attach(&bo, true);
@@ -761,9 +843,11 @@ fn kernel(iters: usize) {
                 )
                 .unwrap();
                 let v = vgem.clone();
+                work_span(KERNEL_SPAN);
                 sig.fire(move || v.signal(f));
                 let t1 = wait_epoll(&epoll);
                 raw_s.push(ns(t1 - sig.t0()));
+                raw_h.count(&sig);
 
                 // Library: the sync_file as a Fence in a FenceSource.
                 let f = vgem.attach(&bo, true);
@@ -776,14 +860,16 @@ fn kernel(iters: usize) {
                     &mut event_loop,
                     &sig,
                     vec![fence],
+                    KERNEL_SPAN,
                     move || v.signal(f),
                 )));
+                lib_h.count(&sig);
             }
             rows.push(Row {
                 name: "sync_file (vgem): signal ioctl -> callback".into(),
                 lib: stat(&mut lib_s),
                 raw: Some(stat(&mut raw_s)),
-                note: "raw: epoll on the sync_file fd".into(),
+                note: format!("raw: epoll on the sync_file fd; {lib_h} (raw: {raw_h})"),
             });
             let done = dmabuf
                 .export_sync_file(fence_bridge::Access::Read)
@@ -807,6 +893,8 @@ fn kernel(iters: usize) {
             let syncobj = fence_bridge::Syncobj::create(&dev).unwrap();
             let (mut raw_s, mut lib_s) = (Vec::new(), Vec::new());
             let mut point = 0u64;
+            let (mut raw_h, mut lib_h) = (Handoffs::default(), Handoffs::default());
+            start_spans();
             for _ in 0..iters {
                 point += 1;
                 let fd = syncobj
@@ -821,9 +909,11 @@ fn kernel(iters: usize) {
                 )
                 .unwrap();
                 let s = syncobj.clone();
+                work_span(KERNEL_SPAN);
                 sig.fire(move || s.signal_point(point).unwrap());
                 let t1 = wait_epoll(&epoll);
                 raw_s.push(ns(t1 - sig.t0()));
+                raw_h.count(&sig);
 
                 point += 1;
                 let fence = syncobj.point(point).fence();
@@ -832,14 +922,16 @@ fn kernel(iters: usize) {
                     &mut event_loop,
                     &sig,
                     vec![fence],
+                    KERNEL_SPAN,
                     move || s.signal_point(point).unwrap(),
                 )));
+                lib_h.count(&sig);
             }
             rows.push(Row {
                 name: "syncobj timeline point: signal ioctl -> callback".into(),
                 lib: stat(&mut lib_s),
                 raw: Some(stat(&mut raw_s)),
-                note: "raw: epoll on a SYNCOBJ_EVENTFD".into(),
+                note: format!("raw: epoll on a SYNCOBJ_EVENTFD; {lib_h} (raw: {raw_h})"),
             });
             let done = syncobj.point(point).fence();
             rows.push(already_signaled_row(
@@ -858,15 +950,19 @@ fn kernel(iters: usize) {
         // calloop's own floor in this guest, for the same comparison as the host rows.
         let (mut raw_s, mut cal_s) = (Vec::new(), Vec::new());
         let raw = RawEpoll::new(1);
+        let (mut raw_h, mut cal_h) = (Handoffs::default(), Handoffs::default());
+        start_spans();
         for _ in 0..iters {
-            raw_s.push(ns(raw.sample(&sig, 0)));
-            cal_s.push(ns(calloop_sample(&mut event_loop, &sig)));
+            raw_s.push(ns(raw.sample(&sig, 0, KERNEL_SPAN)));
+            raw_h.count(&sig);
+            cal_s.push(ns(calloop_sample(&mut event_loop, &sig, KERNEL_SPAN)));
+            cal_h.count(&sig);
         }
         rows.push(Row {
             name: "calloop floor (guest): Generic<eventfd> -> callback".into(),
             lib: stat(&mut cal_s),
             raw: Some(stat(&mut raw_s)),
-            note: "raw: eventfd write -> epoll_wait, in the guest".into(),
+            note: format!("raw: eventfd write -> epoll_wait, in the guest; {cal_h} (raw: {raw_h})"),
         });
         print_table("fence-bridge: kernel rows", &rows);
     }
