@@ -28,9 +28,9 @@
 //! library: inside the `FenceSource` callback). Raw and library samples alternate, so both see
 //! the same machine. `--iters N` scales the sample counts.
 //!
-//! Every waiter, raw or library, also works for the same span between the wakeup that ended its
-//! previous sample and its next wait (its own setup, then a spin to the end of the span), as an
-//! event loop does between two waits. Under EEVDF a woken thread preempts the running one only
+//! In the first host table every waiter, raw or library, also works for the same span between
+//! the wakeup that ended its previous sample and its next wait (its own setup, then a spin to the
+//! end of the span), as an event loop does between two waits. Under EEVDF a woken thread preempts the running one only
 //! if it is owed CPU time, and a thread that ran longer before it slept is owed less: when only
 //! the raw waiter skipped its setup, its wakeups preempted the signaller far more often (3 µs of
 //! extra work before the raw wait took that from 59% of samples to 15% on the build machine), so
