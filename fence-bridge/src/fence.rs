@@ -2,11 +2,11 @@
 //! a backend signals through.
 
 use std::fmt;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use crate::callback_list::{Callback, CallbackList, SignalWaiter};
 use crate::context::ContextId;
 use crate::error::{AlreadySignaled, FenceError, WaitError};
 use crate::ops::FenceOps;
@@ -109,8 +109,6 @@ pub struct CallbackHandle {
     id: u64,
 }
 
-type Callback = Box<dyn FnOnce(&SignalInfo) + Send + 'static>;
-
 /// Unique across all fences, so a handle can never remove another fence's callback.
 static NEXT_CALLBACK_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -120,7 +118,7 @@ enum Phase {
     /// Created; callbacks wait here in the order they were added.
     Pending {
         error: Option<FenceError>,
-        callbacks: Vec<(u64, Callback)>,
+        callbacks: CallbackList,
     },
     /// Signalled: final. Callbacks have been taken out and run (or are running).
     Signaled {
@@ -192,7 +190,7 @@ impl Inner {
                 return false;
             };
             let error = error.or(*set_error);
-            let callbacks = std::mem::take(callbacks);
+            let callbacks = callbacks.take();
             st.phase = Phase::Signaled { error, timestamp };
             self.signaled.store(true, Ordering::Release);
             (callbacks, error, st.core_poll_fd().cloned(), st.waiters > 0)
@@ -215,28 +213,9 @@ impl Inner {
             "fence signal"
         );
         if !callbacks.is_empty() {
-            run_callbacks(callbacks, &self.info(timestamp, error));
+            callbacks.run(&self.info(timestamp, error));
         }
         true
-    }
-}
-
-/// Runs every callback exactly once, in order, outside all locks. A panicking callback does not
-/// stop the others; the first panic is resumed after all ran (unless the thread is already
-/// unwinding).
-fn run_callbacks(callbacks: Vec<(u64, Callback)>, info: &SignalInfo) {
-    let mut panicked = None;
-    for (_, cb) in callbacks {
-        stats::bump(&stats::CALLBACKS_RUN);
-        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| cb(info))) {
-            panicked.get_or_insert(payload);
-        }
-    }
-    if let Some(payload) = panicked {
-        // Re-panicking while already unwinding (a fence released during a panic) would abort.
-        if !std::thread::panicking() {
-            panic::resume_unwind(payload);
-        }
     }
 }
 
@@ -257,8 +236,8 @@ impl Drop for Inner {
                 .as_ref()
                 .is_some_and(|fd| std::sync::Arc::strong_count(fd) > 1);
         let (pending_callbacks, fd_waiter) = match &mut st.phase {
-            Phase::Pending { callbacks, .. } => (std::mem::take(callbacks), core_fd_held),
-            Phase::Signaled { .. } => (Vec::new(), false),
+            Phase::Pending { callbacks, .. } => (callbacks.take(), core_fd_held),
+            Phase::Signaled { .. } => (CallbackList::default(), false),
         };
         if !pending_callbacks.is_empty() || fd_waiter {
             let timestamp = Ktime::now();
@@ -282,7 +261,7 @@ impl Drop for Inner {
                 self.context,
                 self.seqno
             );
-            run_callbacks(pending_callbacks, &self.info(timestamp, error));
+            pending_callbacks.run(&self.info(timestamp, error));
         }
         self.ops.release();
     }
@@ -356,7 +335,7 @@ impl Fence {
                 state: Mutex::new(State {
                     phase: Phase::Pending {
                         error: None,
-                        callbacks: Vec::new(),
+                        callbacks: CallbackList::default(),
                     },
                     poll_fd: None,
                     poll_fd_native: false,
@@ -547,15 +526,37 @@ impl Fence {
         if self.is_signaled() {
             return Err(AlreadySignaled);
         }
+        self.add(Callback::Closure(Box::new(f)))
+    }
+
+    /// [`add_callback`](Fence::add_callback) for a crate-internal waiter: `waiter` is told
+    /// `token` when the fence signals. Allocates nothing.
+    pub(crate) fn add_waiter(
+        &self,
+        waiter: Arc<dyn SignalWaiter>,
+        token: usize,
+    ) -> Result<CallbackHandle, AlreadySignaled> {
+        if self.is_signaled() {
+            return Err(AlreadySignaled);
+        }
+        self.add(Callback::Waiter(waiter, token))
+    }
+
+    fn add(&self, callback: Callback) -> Result<CallbackHandle, AlreadySignaled> {
         self.enable_signaling();
         let id = NEXT_CALLBACK_ID.fetch_add(1, Ordering::Relaxed);
         let mut st = self.inner.lock();
         match &mut st.phase {
             Phase::Pending { callbacks, .. } => {
-                callbacks.push((id, Box::new(f)));
+                callbacks.push(id, callback);
                 Ok(CallbackHandle { id })
             }
-            Phase::Signaled { .. } => Err(AlreadySignaled),
+            // Dropped after the lock is released: a closure's captures may run code.
+            Phase::Signaled { .. } => {
+                drop(st);
+                drop(callback);
+                Err(AlreadySignaled)
+            }
         }
     }
 
@@ -566,18 +567,15 @@ impl Fence {
     pub fn remove_callback(&self, handle: CallbackHandle) -> bool {
         let mut st = self.inner.lock();
         match &mut st.phase {
-            Phase::Pending { callbacks, .. } => {
-                match callbacks.iter().position(|(id, _)| *id == handle.id) {
-                    Some(i) => {
-                        // Dropped after the lock is released: a closure's captures may run code.
-                        let removed = callbacks.remove(i);
-                        drop(st);
-                        drop(removed);
-                        true
-                    }
-                    None => false,
+            Phase::Pending { callbacks, .. } => match callbacks.remove(handle.id) {
+                Some(removed) => {
+                    // Dropped after the lock is released: a closure's captures may run code.
+                    drop(st);
+                    drop(removed);
+                    true
                 }
-            }
+                None => false,
+            },
             Phase::Signaled { .. } => false,
         }
     }

@@ -99,6 +99,7 @@
 
 #![warn(missing_docs)]
 
+mod callback_list;
 mod context;
 pub mod dma_buf;
 pub mod drm_device;

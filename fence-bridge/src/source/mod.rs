@@ -605,15 +605,21 @@ impl<K> FenceSource<K> {
         // fence queued after the reset has written the eventfd again. The event comes before
         // the reset's read().
         for pass in 0..2 {
-            let Some(shared) = &self.shared else { break };
+            let Some(shared) = &mut self.shared else {
+                break;
+            };
             if pass == 1 {
                 shared.reset();
             }
-            for (slot, status, timestamp) in shared.take() {
+            let mut batch = shared.take();
+            for (slot, status, timestamp) in batch.drain(..) {
                 // `None`: delivered already (the same fence queued twice).
                 if self.deliver_slot(slot, status, timestamp, callback) == Some(true) {
                     return PostAction::Remove;
                 }
+            }
+            if let Some(shared) = &mut self.shared {
+                shared.recycle(batch);
             }
         }
         if self.finish_if_done(callback) {

@@ -14,7 +14,8 @@ use calloop::generic::Generic;
 use calloop::{EventSource, Interest, Mode, Poll, PostAction, Readiness, Token, TokenFactory};
 use rustix::event::{eventfd, EventfdFlags};
 
-use crate::fence::{CallbackHandle, Fence, FenceStatus};
+use crate::callback_list::SignalWaiter;
+use crate::fence::{CallbackHandle, Fence, FenceStatus, SignalInfo};
 use crate::stats;
 use crate::time::Ktime;
 
@@ -37,6 +38,13 @@ impl Shared {
     }
 }
 
+/// The callback on each watched fence: no closure, no allocation, only the slot.
+impl SignalWaiter for Shared {
+    fn signaled(&self, slot: usize, info: &SignalInfo) {
+        self.push((slot, info.status(), info.timestamp));
+    }
+}
+
 /// The fd calloop watches: the shared eventfd.
 struct WakeupFd(Arc<Shared>);
 
@@ -51,7 +59,13 @@ impl AsFd for WakeupFd {
 pub(super) struct SharedWakeup {
     shared: Arc<Shared>,
     watch: Generic<WakeupFd>,
+    /// The queue's other buffer: [`take`](Self::take) swaps it in, so that the signalling
+    /// thread's push never allocates.
+    spare: Vec<Queued>,
 }
+
+/// Queue entries allocated up front, in each of the two buffers.
+const QUEUE_CAPACITY: usize = 4;
 
 impl SharedWakeup {
     /// One eventfd, not yet registered.
@@ -60,19 +74,19 @@ impl SharedWakeup {
         stats::bump(&stats::EVENTFDS_CREATED);
         let shared = Arc::new(Shared {
             eventfd,
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(Vec::with_capacity(QUEUE_CAPACITY)),
         });
         Ok(SharedWakeup {
             watch: Generic::new(WakeupFd(shared.clone()), Interest::READ, Mode::Level),
             shared,
+            spare: Vec::with_capacity(QUEUE_CAPACITY),
         })
     }
 
     /// Queues `slot` when `fence` signals (at once if it already has). The returned guard
     /// removes the callback when dropped.
     pub(super) fn watch(&self, slot: usize, fence: &Fence) -> CallbackGuard {
-        let shared = self.shared.clone();
-        match fence.add_callback(move |info| shared.push((slot, info.status(), info.timestamp))) {
+        match fence.add_waiter(self.shared.clone(), slot) {
             Ok(handle) => CallbackGuard {
                 fence: fence.clone(),
                 handle: Some(handle),
@@ -90,15 +104,24 @@ impl SharedWakeup {
         }
     }
 
-    /// The fences queued since the last call, in the order they signalled.
-    pub(super) fn take(&self) -> Vec<Queued> {
-        std::mem::take(
+    /// The fences queued since the last call, in the order they signalled. Hand the emptied
+    /// buffer back with [`recycle`](Self::recycle).
+    pub(super) fn take(&mut self) -> Vec<Queued> {
+        let spare = std::mem::take(&mut self.spare);
+        std::mem::replace(
             &mut *self
                 .shared
                 .queue
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
+            spare,
         )
+    }
+
+    /// Keeps an emptied buffer from [`take`](Self::take) for the next swap.
+    pub(super) fn recycle(&mut self, mut buffer: Vec<Queued>) {
+        buffer.clear();
+        self.spare = buffer;
     }
 
     /// Makes the eventfd unreadable again. Take the queue once more afterwards: a fence queued
