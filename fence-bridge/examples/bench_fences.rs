@@ -464,20 +464,48 @@ fn already_signaled_row(name: &str, fence: &Fence, batches: usize, syscalls: &st
     }
 }
 
+/// How the two threads of a table are scheduled.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scheduling {
+    /// As the scheduler places them; every waiter works the same span between its waits.
+    AsScheduled,
+    /// The loop thread `SCHED_FIFO` on the signaller's CPU ([`LoopThreadFifo`]): every wakeup
+    /// preempts, so there is no verdict to even out and no span.
+    LoopFifo,
+}
+
+impl Scheduling {
+    /// The waiter's work span of the single-fence rows.
+    fn span(self) -> Duration {
+        match self {
+            Scheduling::AsScheduled => SPAN,
+            Scheduling::LoopFifo => Duration::ZERO,
+        }
+    }
+}
+
 /// Signal-to-callback rows for one scheduling set-up: the raw floor, calloop's floor and a
-/// SwTimeline fence through `FenceSource`, sampled in turn, each waiter working for `span` between
-/// its waits ([`work_span`]). Each note says how often the waiter ran before the signaller's job
-/// returned (on one CPU: the wakeup preempted the signaller) and how often it woke on the
-/// signaller's CPU.
+/// SwTimeline fence through `FenceSource`, sampled in turn, each waiter working for the
+/// set-up's span between its waits ([`work_span`]). Each note says how often the waiter ran
+/// before the signaller's job returned (on one CPU: the wakeup preempted the signaller) and how
+/// often it woke on the signaller's CPU.
 fn handoff_rows(
     sig: &Signaller,
     event_loop: &mut EventLoop<'static, Option<Instant>>,
     raw: &RawEpoll,
     timeline: &Arc<SwTimeline>,
     iters: usize,
-    names: [&str; 3],
-    span: Duration,
+    scheduling: Scheduling,
 ) -> Vec<Row> {
+    let span = scheduling.span();
+    let names = [
+        match scheduling {
+            Scheduling::AsScheduled => "raw floor: eventfd write -> epoll_wait (other thread)",
+            Scheduling::LoopFifo => "raw floor: eventfd write -> epoll_wait",
+        },
+        "calloop floor: Generic<eventfd>, write -> callback",
+        "FenceSource: SwTimeline fence, signal -> callback",
+    ];
     let (mut raw_s, mut calloop_s, mut lib_s) = (Vec::new(), Vec::new(), Vec::new());
     let mut handoffs: [Handoffs; 3] = Default::default();
     start_spans();
@@ -578,7 +606,7 @@ fn wait_any_rows(
     sig: &Signaller,
     event_loop: &mut EventLoop<'static, Option<Instant>>,
     iters: usize,
-    equal_spans: bool,
+    scheduling: Scheduling,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
     let mut rng = Rng(0x2545_f491_4f6c_dd1d);
@@ -588,7 +616,10 @@ fn wait_any_rows(
         (100, iters / 4, Duration::from_micros(200)),
         (10_000, (iters / 50).max(10), Duration::from_millis(10)),
     ] {
-        let span = if equal_spans { span } else { Duration::ZERO };
+        let span = match scheduling {
+            Scheduling::AsScheduled => span,
+            Scheduling::LoopFifo => Duration::ZERO,
+        };
         // Raw and library samples alternate (the library's software fences share one eventfd,
         // so both fit under the fd limit together).
         let raw = RawEpoll::new(n);
@@ -681,19 +712,13 @@ fn host(iters: usize) {
     // table below takes the scheduler's choice away).
     let raw = RawEpoll::new(1);
     let timeline = Arc::new(SwTimeline::new("bench"));
-    let names = [
-        "raw floor: eventfd write -> epoll_wait (other thread)",
-        "calloop floor: Generic<eventfd>, write -> callback",
-        "FenceSource: SwTimeline fence, signal -> callback",
-    ];
     rows.extend(handoff_rows(
         &sig,
         &mut event_loop,
         &raw,
         &timeline,
         iters,
-        names,
-        SPAN,
+        Scheduling::AsScheduled,
     ));
 
     // Where the difference goes, on one thread (no wakeup): the signalling side (advance, which
@@ -776,7 +801,12 @@ fn host(iters: usize) {
         "0 by construction (atomic load + 2 uncontended locks)",
     ));
 
-    rows.extend(wait_any_rows(&sig, &mut event_loop, iters, true));
+    rows.extend(wait_any_rows(
+        &sig,
+        &mut event_loop,
+        iters,
+        Scheduling::AsScheduled,
+    ));
     print_table("fence-bridge: host rows (software fences)", &rows);
 
     // The latency rows again with the loop thread SCHED_FIFO, pinned with the signaller to one
@@ -784,21 +814,20 @@ fn host(iters: usize) {
     // even out and the waiters skip the work span.
     match LoopThreadFifo::enter(&sig) {
         Ok(fifo) => {
-            let names = [
-                "raw floor: eventfd write -> epoll_wait",
-                "calloop floor: Generic<eventfd>, write -> callback",
-                "FenceSource: SwTimeline fence, signal -> callback",
-            ];
             let mut rows = handoff_rows(
                 &sig,
                 &mut event_loop,
                 &raw,
                 &timeline,
                 iters,
-                names,
-                Duration::ZERO,
+                Scheduling::LoopFifo,
             );
-            rows.extend(wait_any_rows(&sig, &mut event_loop, iters, false));
+            rows.extend(wait_any_rows(
+                &sig,
+                &mut event_loop,
+                iters,
+                Scheduling::LoopFifo,
+            ));
             drop(fifo);
             print_table(
                 "fence-bridge: host rows, loop thread SCHED_FIFO on the signaller's CPU",
