@@ -3,9 +3,10 @@
 //!
 //! A callback is a boxed closure ([`crate::Fence::add_callback`]) or, inside the crate, a
 //! [`SignalWaiter`] with a token: a waiter watching many fences (the shared wakeup of
-//! `FenceSource`) registers itself on each without allocating, as a kernel waiter embeds its
-//! `struct dma_fence_cb`. The first callback is kept inline, so the usual fence (one waiter)
-//! allocates nothing for its list, and signalling it touches no other memory.
+//! `FenceSource`) registers itself on each without a closure to box, as a kernel waiter embeds
+//! its `struct dma_fence_cb`. The list itself stays a plain `Vec`: keeping the first entry
+//! inline saved its allocation but grew every fence by a cache line, and signalling a lone fence
+//! got slower (measured with `cargo xtask bench fences`).
 
 use std::mem;
 use std::panic::{self, AssertUnwindSafe};
@@ -38,38 +39,26 @@ impl Callback {
 /// Callbacks by id, in the order they were added.
 #[derive(Default)]
 pub(crate) struct CallbackList {
-    first: Option<(u64, Callback)>,
-    rest: Vec<(u64, Callback)>,
+    entries: Vec<(u64, Callback)>,
 }
 
 impl CallbackList {
     pub(crate) fn push(&mut self, id: u64, callback: Callback) {
-        if self.first.is_none() && self.rest.is_empty() {
-            self.first = Some((id, callback));
-        } else {
-            self.rest.push((id, callback));
-        }
+        self.entries.push((id, callback));
     }
 
     /// Takes the callback `id` out, if it is here (the order of the others is kept).
     pub(crate) fn remove(&mut self, id: u64) -> Option<Callback> {
-        if self.first.as_ref().is_some_and(|(first, _)| *first == id) {
-            let (_, removed) = self.first.take()?;
-            if !self.rest.is_empty() {
-                self.first = Some(self.rest.remove(0));
-            }
-            return Some(removed);
-        }
-        let i = self.rest.iter().position(|(other, _)| *other == id)?;
-        Some(self.rest.remove(i).1)
+        let i = self.entries.iter().position(|(other, _)| *other == id)?;
+        Some(self.entries.remove(i).1)
     }
 
     pub(crate) fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.rest.len()
+        self.entries.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.entries.is_empty()
     }
 
     pub(crate) fn take(&mut self) -> CallbackList {
@@ -81,7 +70,7 @@ impl CallbackList {
     /// already unwinding).
     pub(crate) fn run(self, info: &SignalInfo) {
         let mut panicked = None;
-        for (_, callback) in self.first.into_iter().chain(self.rest) {
+        for (_, callback) in self.entries {
             stats::bump(&stats::CALLBACKS_RUN);
             if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| callback.call(info))) {
                 panicked.get_or_insert(payload);

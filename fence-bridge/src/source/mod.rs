@@ -14,7 +14,9 @@
 //! * **two or more software fences** share one eventfd (`SharedWakeup`): a callback on each
 //!   queues the fence's slot and writes it, the kernel's own wait-any (one waiter, a
 //!   `dma_fence_add_callback()` per fence). Setup is one eventfd and one registration for any
-//!   number of fences, and a wakeup names the fences that signalled.
+//!   number of fences, and a wakeup names the fences that signalled. The callback is the
+//!   wakeup itself with the fence's slot, not a boxed closure (a kernel waiter embeds its
+//!   `struct dma_fence_cb` the same way), and signalling allocates nothing.
 //!
 //! # Implementation notes
 //!
