@@ -2,6 +2,7 @@
 //! a backend signals through.
 
 use std::fmt;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
@@ -129,22 +130,30 @@ enum Phase {
 
 pub(crate) struct State {
     phase: Phase,
-    /// eventfd handed out by [`Fence::poll_fd`], created on first request only.
+    /// eventfd handed out by [`Fence::poll_fd`], created on first request only. Set at most once
+    /// ([`State::set_poll_fd`]) and dropped only with the fence.
     pub(crate) poll_fd: Option<crate::poll::SharedEventFd>,
     /// Whether `poll_fd` is the backend's own ([`FenceOps::native_poll_fd`]), which blocking
     /// waits then poll instead of the condvar. When it is not (the core's eventfd), the signal
     /// writes it directly: it is not a callback, so it never counts as a pending waiter at release
     /// unless a [`crate::FencePollFd`] is still held somewhere (see `Drop for Inner`).
     pub(crate) poll_fd_native: bool,
+    /// The core eventfd's number, so that the signal writes it without touching (or counting a
+    /// reference on) the `Arc` it lives in: one cache line fewer before the wakeup.
+    core_fd: Option<RawFd>,
     /// Threads asleep on `cond` (only counted under this lock). The signal calls
     /// `Condvar::notify_all` — a futex syscall even with nobody waiting — only if non-zero.
     waiters: u32,
 }
 
 impl State {
-    /// The core eventfd to write when the fence signals, if one was handed out.
-    fn core_poll_fd(&self) -> Option<&crate::poll::SharedEventFd> {
-        self.poll_fd.as_ref().filter(|_| !self.poll_fd_native)
+    /// Keeps `fd` as the fence's poll fd: the backend's own (`native`) or the core's eventfd.
+    /// Only ever called while `poll_fd` is `None`.
+    pub(crate) fn set_poll_fd(&mut self, fd: crate::poll::SharedEventFd, native: bool) {
+        debug_assert!(self.poll_fd.is_none(), "a fence's poll fd is set once");
+        self.core_fd = (!native).then(|| fd.as_raw_fd());
+        self.poll_fd = Some(fd);
+        self.poll_fd_native = native;
     }
 }
 
@@ -162,6 +171,7 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         // Callbacks and ops never run under this lock, so poisoning means a bug in this file;
         // the state is still consistent (every mutation is a single assignment).
@@ -193,11 +203,13 @@ impl Inner {
             let callbacks = callbacks.take();
             st.phase = Phase::Signaled { error, timestamp };
             self.signaled.store(true, Ordering::Release);
-            (callbacks, error, st.core_poll_fd().cloned(), st.waiters > 0)
+            (callbacks, error, st.core_fd, st.waiters > 0)
         };
         // The poll fd first: it is what wakes event loops, the latency-critical path.
         if let Some(fd) = poll_fd {
-            crate::poll::notify(&fd);
+            // SAFETY: `core_fd` is the number of the eventfd `State::poll_fd` owns, which is set
+            // once and dropped only with this `Inner`, and `&self` keeps this `Inner` alive.
+            crate::poll::notify(unsafe { BorrowedFd::borrow_raw(fd) });
         }
         if wake {
             self.cond.notify_all();
@@ -339,6 +351,7 @@ impl Fence {
                     },
                     poll_fd: None,
                     poll_fd_native: false,
+                    core_fd: None,
                     waiters: 0,
                 }),
                 cond: Condvar::new(),
@@ -426,6 +439,7 @@ impl Fence {
 
     /// Like [`signal`](Fence::signal), with the time the completion actually happened
     /// (`dma_fence_signal_timestamp()`), e.g. from a page-flip event or a hardware timestamp.
+    #[inline]
     pub fn signal_timestamp(&self, timestamp: Ktime) -> bool {
         self.inner.signal(timestamp, None)
     }
@@ -461,6 +475,7 @@ impl Fence {
     ///
     /// If not yet, asks the backend's cheap [`FenceOps::signaled`] poll and signals the fence if
     /// it says so. Never blocks and never enables signalling.
+    #[inline]
     pub fn is_signaled(&self) -> bool {
         if self.inner.signaled.load(Ordering::Acquire) {
             return true;

@@ -59,7 +59,8 @@ impl AsRawFd for FencePollFd {
     }
 }
 
-pub(crate) fn notify(fd: &OwnedFd) {
+#[inline]
+pub(crate) fn notify(fd: impl AsFd) {
     // The counter cannot overflow with one write per fence; EAGAIN would only mean "readable".
     let _ = rustix::io::write(fd, &1u64.to_ne_bytes());
 }
@@ -82,8 +83,7 @@ impl Fence {
         };
         let mut st = self.inner.lock();
         if st.poll_fd.is_none() {
-            st.poll_fd = Some(native);
-            st.poll_fd_native = true;
+            st.set_poll_fd(native, true);
         }
         let fd = st.poll_fd.clone()?;
         st.poll_fd_native.then_some(Ok(FencePollFd { fd }))
@@ -166,8 +166,7 @@ impl Fence {
             stats::bump(&stats::EVENTFDS_CREATED);
             // From here on the signal writes it (it reads `poll_fd` under this lock); if the
             // fence signalled already, nobody else will.
-            st.poll_fd = Some(fd.clone());
-            st.poll_fd_native = false;
+            st.set_poll_fd(fd.clone(), false);
             (
                 fd,
                 self.inner

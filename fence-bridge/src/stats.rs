@@ -9,6 +9,7 @@ pub(crate) static CALLBACKS_RUN: AtomicU64 = AtomicU64::new(0);
 pub(crate) static EVENTFDS_CREATED: AtomicU64 = AtomicU64::new(0);
 pub(crate) static RELEASED_WITH_PENDING: AtomicU64 = AtomicU64::new(0);
 
+#[inline]
 pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }

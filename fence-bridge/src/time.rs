@@ -25,6 +25,7 @@ pub struct Ktime(i64);
 
 impl Ktime {
     /// The current `CLOCK_MONOTONIC` time (`ktime_get()`).
+    #[inline]
     pub fn now() -> Self {
         let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
         #[allow(clippy::unnecessary_cast)] // tv_nsec is c_long on some targets
