@@ -130,16 +130,15 @@ enum Phase {
 
 pub(crate) struct State {
     phase: Phase,
-    /// eventfd handed out by [`Fence::poll_fd`], created on first request only. Set at most once
-    /// ([`State::set_poll_fd`]) and dropped only with the fence.
+    /// The fd handed out by [`Fence::poll_fd`], made on first request only: the backend's own
+    /// ([`FenceOps::native_poll_fd`]), which blocking waits then poll instead of the condvar, or
+    /// the core's eventfd. Set at most once ([`State::set_poll_fd`]) and dropped only with the
+    /// fence.
     pub(crate) poll_fd: Option<crate::poll::SharedEventFd>,
-    /// Whether `poll_fd` is the backend's own ([`FenceOps::native_poll_fd`]), which blocking
-    /// waits then poll instead of the condvar. When it is not (the core's eventfd), the signal
-    /// writes it directly: it is not a callback, so it never counts as a pending waiter at release
-    /// unless a [`crate::FencePollFd`] is still held somewhere (see `Drop for Inner`).
-    pub(crate) poll_fd_native: bool,
-    /// The core eventfd's number, so that the signal writes it without touching (or counting a
-    /// reference on) the `Arc` it lives in: one cache line fewer before the wakeup.
+    /// When `poll_fd` is the core's eventfd, its number: the signal writes it directly, without
+    /// touching (or counting a reference on) the `Arc` it lives in, one cache line fewer before
+    /// the wakeup. It is not a callback, so it never counts as a pending waiter at release unless
+    /// a [`crate::FencePollFd`] is still held somewhere (see `Drop for Inner`).
     core_fd: Option<RawFd>,
     /// Threads asleep on `cond` (only counted under this lock). The signal calls
     /// `Condvar::notify_all` — a futex syscall even with nobody waiting — only if non-zero.
@@ -153,7 +152,11 @@ impl State {
         debug_assert!(self.poll_fd.is_none(), "a fence's poll fd is set once");
         self.core_fd = (!native).then(|| fd.as_raw_fd());
         self.poll_fd = Some(fd);
-        self.poll_fd_native = native;
+    }
+
+    /// Whether `poll_fd` is the backend's own fd.
+    pub(crate) fn poll_fd_native(&self) -> bool {
+        self.poll_fd.is_some() && self.core_fd.is_none()
     }
 }
 
@@ -242,7 +245,7 @@ impl Drop for Inner {
     /// like one without callbacks.
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(PoisonError::into_inner);
-        let core_fd_held = !st.poll_fd_native
+        let core_fd_held = st.core_fd.is_some()
             && st
                 .poll_fd
                 .as_ref()
@@ -350,7 +353,6 @@ impl Fence {
                         callbacks: CallbackList::default(),
                     },
                     poll_fd: None,
-                    poll_fd_native: false,
                     core_fd: None,
                     waiters: 0,
                 }),

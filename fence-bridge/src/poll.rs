@@ -74,7 +74,7 @@ impl Fence {
             let st = self.inner.lock();
             if let Some(fd) = &st.poll_fd {
                 let fd = fd.clone();
-                return st.poll_fd_native.then_some(Ok(FencePollFd { fd }));
+                return st.poll_fd_native().then_some(Ok(FencePollFd { fd }));
             }
         }
         let native: SharedEventFd = match self.ops().native_poll_fd()? {
@@ -86,7 +86,7 @@ impl Fence {
             st.set_poll_fd(native, true);
         }
         let fd = st.poll_fd.clone()?;
-        st.poll_fd_native.then_some(Ok(FencePollFd { fd }))
+        st.poll_fd_native().then_some(Ok(FencePollFd { fd }))
     }
 
     /// A blocking wait on a kernel fence: polls its native fd until readable or `deadline`,
