@@ -30,9 +30,9 @@
 //!
 //! In the first host table every waiter, raw or library, also works for the same span between
 //! the wakeup that ended its previous sample and its next wait (its own setup, then a spin to the
-//! end of the span), as an event loop does between two waits. Under EEVDF a woken thread preempts the running one only
-//! if it is owed CPU time, and a thread that ran longer before it slept is owed less: when only
-//! the raw waiter skipped its setup, its wakeups preempted the signaller far more often (3 µs of
+//! end of the span), as an event loop does between two waits. Under EEVDF a woken thread
+//! preempts the running one only if it is owed CPU time, and a thread that ran longer before it
+//! slept is owed less: when only the raw waiter skipped its setup, its wakeups preempted the signaller far more often (3 µs of
 //! extra work before the raw wait took that from 59% of samples to 15% on the build machine), so
 //! the rows compared the scheduler's verdicts rather than the wake paths.
 //!
@@ -475,10 +475,10 @@ enum Scheduling {
 }
 
 impl Scheduling {
-    /// The waiter's work span of the single-fence rows.
-    fn span(self) -> Duration {
+    /// The waiter's work span of a row whose span as scheduled is `as_scheduled`.
+    fn span(self, as_scheduled: Duration) -> Duration {
         match self {
-            Scheduling::AsScheduled => SPAN,
+            Scheduling::AsScheduled => as_scheduled,
             Scheduling::LoopFifo => Duration::ZERO,
         }
     }
@@ -497,7 +497,7 @@ fn handoff_rows(
     iters: usize,
     scheduling: Scheduling,
 ) -> Vec<Row> {
-    let span = scheduling.span();
+    let span = scheduling.span(SPAN);
     let names = [
         match scheduling {
             Scheduling::AsScheduled => "raw floor: eventfd write -> epoll_wait (other thread)",
@@ -616,10 +616,7 @@ fn wait_any_rows(
         (100, iters / 4, Duration::from_micros(200)),
         (10_000, (iters / 50).max(10), Duration::from_millis(10)),
     ] {
-        let span = match scheduling {
-            Scheduling::AsScheduled => span,
-            Scheduling::LoopFifo => Duration::ZERO,
-        };
+        let span = scheduling.span(span);
         // Raw and library samples alternate (the library's software fences share one eventfd,
         // so both fit under the fd limit together).
         let raw = RawEpoll::new(n);
@@ -657,9 +654,10 @@ fn wait_any_rows(
             }
             lib_s.push(ns(woke.unwrap() - sig.t0()));
             handoffs.count(sig);
-            event_loop.handle().remove(token); // already removed itself; harmless
-                                               // Released unsignalled: the source let go of their poll fds, so nobody waits on them
-                                               // and they go quietly (no EDEADLK, no warning).
+            // Already removed itself; harmless.
+            event_loop.handle().remove(token);
+            // Released unsignalled: the source let go of their poll fds, so nobody waits on them
+            // and they go quietly (no EDEADLK, no warning).
             drop(keep);
         }
         // The loop side alone, on one thread: the fence is already signalled when `dispatch(0)`
