@@ -483,7 +483,11 @@ impl Fence {
             return true;
         }
         if self.inner.ops.signaled() {
-            self.signal();
+            // A backend that knows the kernel's timestamp and error has signalled already
+            // (see `FenceSignaler::signal_with`); the core stamps "now" only for one that has not.
+            if !self.inner.signaled.load(Ordering::Acquire) {
+                self.signal();
+            }
             return true;
         }
         false
@@ -786,6 +790,15 @@ impl FenceSignaler {
         self.inner
             .upgrade()
             .is_some_and(|inner| inner.signal(Ktime::now(), Some(error)))
+    }
+
+    /// Signals with `timestamp` and, if `Some`, `error` (overriding one set earlier), in one
+    /// step: for a backend that learns both from the kernel at once. `false` if already
+    /// signalled or released.
+    pub(crate) fn signal_with(&self, timestamp: Ktime, error: Option<FenceError>) -> bool {
+        self.inner
+            .upgrade()
+            .is_some_and(|inner| inner.signal(timestamp, error))
     }
 
     /// The fence, if it is still alive.

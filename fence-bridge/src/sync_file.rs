@@ -552,17 +552,10 @@ impl SyncFileFence {
         if !status.is_signaled() {
             return false;
         }
-        let Some(fence) = self.signaler.get().and_then(FenceSignaler::upgrade) else {
-            return true;
-        };
-        // Not `fence.is_signaled()`: that would call back into `signaled()`.
-        if fence.timestamp().is_some() {
-            return true;
+        // Idempotent: a fence that signalled already (or was released) stays as it is.
+        if let Some(signaler) = self.signaler.get() {
+            signaler.signal_with(timestamp.unwrap_or_else(Ktime::now), status.error());
         }
-        if let Some(error) = status.error() {
-            let _ = fence.set_error(error);
-        }
-        fence.signal_timestamp(timestamp.unwrap_or_else(Ktime::now));
         true
     }
 }
