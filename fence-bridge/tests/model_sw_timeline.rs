@@ -7,6 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use fence_bridge::{wait_all_timeout, FenceError, FenceStatus, SwTimeline, WaitError};
+use proptest::prelude::*;
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -188,4 +189,78 @@ fn poll_fd_is_readable_after_timeline_destruction() {
     drop(tl);
     assert!(fd.is_readable().unwrap());
     assert_eq!(p.status(), FenceStatus::Error(FenceError::ENOENT));
+}
+
+/// One step of [`timeline_matches_its_model`].
+#[derive(Debug, Clone)]
+enum Op {
+    Create(u64),
+    Advance(u64),
+    SignalTo(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (1u64..40).prop_map(Op::Create),
+        1 => (0u64..6).prop_map(Op::Advance),
+        1 => (0u64..45).prop_map(Op::SignalTo),
+    ]
+}
+
+proptest! {
+    /// Points created in any order, reached a few at a time, against a plain model: a point is
+    /// signalled iff the counter reached it, one pending fence per seqno, and each advance
+    /// signals exactly the points it reached, in seqno order.
+    #[test]
+    fn timeline_matches_its_model(ops in proptest::collection::vec(op(), 1..80)) {
+        let tl = SwTimeline::new("model");
+        let mut value = 0u64;
+        let mut created: Vec<fence_bridge::Fence> = Vec::new();
+        let signalled = Arc::new(Mutex::new(Vec::new()));
+        for op in ops {
+            match op {
+                Op::Create(seqno) => {
+                    let fence = tl.create_fence(seqno);
+                    prop_assert_eq!(fence.seqno(), seqno);
+                    prop_assert_eq!(fence.is_signaled(), seqno <= value);
+                    if let Some(same) = created.iter().find(|f| f.seqno() == seqno && !f.is_signaled()) {
+                        prop_assert!(same.ptr_eq(&fence), "one pending fence per seqno");
+                    } else if !fence.is_signaled() {
+                        let log = signalled.clone();
+                        fence.add_callback(move |info| log.lock().unwrap().push(info.seqno)).unwrap();
+                    }
+                    created.push(fence);
+                }
+                Op::Advance(_) | Op::SignalTo(_) => {
+                    let target = match op {
+                        Op::Advance(inc) => value + inc,
+                        Op::SignalTo(to) => value.max(to),
+                        Op::Create(_) => unreachable!(),
+                    };
+                    let mut expected: Vec<u64> = created
+                        .iter()
+                        .filter(|f| !f.is_signaled() && f.seqno() <= target)
+                        .map(|f| f.seqno())
+                        .collect();
+                    expected.sort_unstable();
+                    expected.dedup();
+                    let count = match op {
+                        Op::Advance(inc) => tl.advance(inc),
+                        _ => tl.signal_to(target),
+                    };
+                    value = target;
+                    prop_assert_eq!(tl.value(), value);
+                    prop_assert_eq!(count, expected.len());
+                    prop_assert_eq!(std::mem::take(&mut *signalled.lock().unwrap()), expected);
+                }
+            }
+            for fence in &created {
+                prop_assert_eq!(fence.is_signaled(), fence.seqno() <= value);
+            }
+            let mut pending: Vec<u64> = created.iter().filter(|f| !f.is_signaled()).map(|f| f.seqno()).collect();
+            pending.sort_unstable();
+            pending.dedup();
+            prop_assert_eq!(tl.pending_count(), pending.len());
+        }
+    }
 }
