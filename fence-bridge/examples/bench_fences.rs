@@ -619,7 +619,7 @@ fn wait_any_rows(
     for (n, samples, span) in [
         (1usize, iters / 2, SPAN),
         (100, iters / 4, Duration::from_micros(200)),
-        (10_000, (iters / 50).max(10), Duration::from_millis(10)),
+        (10_000, (iters / 10).max(10), Duration::from_millis(10)),
     ] {
         let span = scheduling.span(span);
         // Raw and library samples alternate (the library's software fences share one eventfd,
