@@ -232,6 +232,18 @@ impl SyncFile {
         Ok(status_from_kernel(raw.status))
     }
 
+    /// The status and, once signalled, when: the latest of its fences' kernel timestamps
+    /// (`CLOCK_MONOTONIC`). What a waiter woken by the fd needs, from one `SYNC_IOC_FILE_INFO`
+    /// into a stack array for a sync_file of up to four fences (no names, no allocation); more
+    /// take the two calls of [`info`](SyncFile::info). The timestamp is `None` while pending.
+    ///
+    /// # Errors
+    ///
+    /// As [`status`](SyncFile::status).
+    pub fn status_and_timestamp(&self) -> io::Result<(FenceStatus, Option<Ktime>)> {
+        file_status(self.fd.as_fd())
+    }
+
     /// Everything the kernel tells about the sync_file (`SYNC_IOC_FILE_INFO`, two calls: the
     /// first learns the number of fences, the second fills one [`SyncFenceInfo`] each — the
     /// count cannot change in between, a sync_file is immutable).

@@ -103,6 +103,10 @@ fn export_before_signal_is_pending_then_ready_with_kernel_timestamp() {
     assert_eq!(info.fences[0].status, FenceStatus::Pending);
     assert_eq!(info.fences[0].timestamp, None);
     assert_eq!(info.timestamp(), None);
+    assert_eq!(
+        read.status_and_timestamp().unwrap(),
+        (FenceStatus::Pending, None)
+    );
 
     let before_signal = Ktime::now();
     vgem.signal(fence);
@@ -118,6 +122,11 @@ fn export_before_signal_is_pending_then_ready_with_kernel_timestamp() {
         "kernel timestamp {ts:?} before the signal {before_signal:?}"
     );
     assert!(ts <= Ktime::now());
+    assert_eq!(
+        read.status_and_timestamp().unwrap(),
+        (FenceStatus::Signaled, Some(ts)),
+        "one ioctl gives what info() does"
+    );
     // The snapshot does not change; the buffer is idle now.
     assert!(buf.is_idle(Access::Write).unwrap());
     vgem.destroy_bo(bo);
@@ -208,6 +217,39 @@ fn export_multiwait_several_fences_on_one_buffer() {
         info.timestamp().unwrap() >= before_last,
         "the latest timestamp counts"
     );
+    assert_eq!(
+        write.status_and_timestamp().unwrap(),
+        (FenceStatus::Signaled, info.timestamp()),
+        "the latest of three"
+    );
+    vgem.destroy_bo(bo);
+}
+
+#[test]
+fn status_and_timestamp_of_more_fences_than_the_inline_array() {
+    let _serial = serial();
+    let Some(vgem) = Vgem::open() else { return };
+    let bo = vgem.create_bo();
+    let buf = DmaBuf::new(bo.dmabuf.as_fd());
+    let fences: Vec<_> = (0..6).map(|_| vgem.attach(&bo, false)).collect();
+    let write = buf.export_sync_file(Access::Write).unwrap();
+    assert_eq!(write.info().unwrap().fences.len(), 6);
+    assert_eq!(
+        write.status_and_timestamp().unwrap(),
+        (FenceStatus::Pending, None)
+    );
+    for fence in fences {
+        vgem.signal(fence);
+    }
+    assert_ready(&write, "WRITE export after all 6 signalled");
+    let (status, timestamp) = write.status_and_timestamp().unwrap();
+    assert_eq!(status, FenceStatus::Signaled);
+    assert_eq!(
+        timestamp,
+        write.info().unwrap().timestamp(),
+        "the latest of six"
+    );
+    assert!(timestamp.is_some());
     vgem.destroy_bo(bo);
 }
 
