@@ -18,10 +18,11 @@
 //! * `--kernel`: the same latency for a **sync_file** (a vgem fence exported from a dma-buf) and
 //!   a **DRM syncobj** timeline point (virtio_gpu), each next to its own raw floor (epoll on the
 //!   sync_file / on a `DRM_IOCTL_SYNCOBJ_EVENTFD` eventfd), and the already-signalled cost of
-//!   both. Below each, a reference row without the library: the raw wakeup followed by the one
-//!   ioctl any waiter needs to learn what the library's event carries (`SYNC_IOC_FILE_INFO`:
-//!   status and timestamp; `DRM_IOCTL_SYNCOBJ_QUERY`: the point is reached), so the table says
-//!   how much of the gap is that ioctl and how much the library. Needs the devices: run in the
+//!   both. Below each, a reference row with no `Fence` and no `FenceSource`: the raw wakeup
+//!   followed by the one ioctl any waiter needs to learn what the library's event carries
+//!   (`SYNC_IOC_FILE_INFO`: status and timestamp; `DRM_IOCTL_SYNCOBJ_QUERY`: the point is
+//!   reached), timed in the raw samples themselves, so the table says how much of the gap is
+//!   that ioctl and how much the library. Needs the devices: run in the
 //!   guest (`cargo xtask bench fences` does).
 //! * `--probe KIND N`: only N already-signalled checks of KIND (`sw`, `sync_file`, `syncobj`),
 //!   for counting syscalls with `perf stat -e raw_syscalls:sys_enter` from outside.
@@ -49,7 +50,7 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
@@ -862,64 +863,52 @@ fn epoll_on(fd: BorrowedFd<'_>) -> OwnedFd {
     epoll
 }
 
-/// One `SYNC_IOC_FILE_INFO` with room for one fence (its status and timestamp), written against
-/// the UAPI directly: what a waiter without the library asks after its wakeup. Returns the
-/// sync_file's status.
-fn sync_file_info_one(sync_file: BorrowedFd<'_>) -> i32 {
-    /// `struct sync_fence_info`.
-    #[repr(C)]
-    struct FenceInfo {
-        obj_name: [u8; 32],
-        driver_name: [u8; 32],
-        status: i32,
-        flags: u32,
-        timestamp_ns: u64,
-    }
-    /// `struct sync_file_info`.
-    #[repr(C)]
-    struct FileInfo {
-        name: [u8; 32],
-        status: i32,
-        flags: u32,
-        num_fences: u32,
-        pad: u32,
-        sync_fence_info: u64,
-    }
-    let mut fence = FenceInfo {
-        obj_name: [0; 32],
-        driver_name: [0; 32],
-        status: 0,
-        flags: 0,
-        timestamp_ns: 0,
-    };
-    let mut info = FileInfo {
-        name: [0; 32],
-        status: 0,
-        flags: 0,
-        num_fences: 1,
-        pad: 0,
-        sync_fence_info: &mut fence as *mut FenceInfo as u64,
-    };
-    // _IOWR('>', 4, struct sync_file_info)
-    let request = (3 << 30) | (std::mem::size_of::<FileInfo>() << 16) | ((b'>' as usize) << 8) | 4;
-    // SAFETY: SYNC_IOC_FILE_INFO takes a `struct sync_file_info *` whose `sync_fence_info`
-    // points to `num_fences` `struct sync_fence_info`; both are their #[repr(C)] layouts and
-    // outlive the call.
-    let r = unsafe {
-        libc::ioctl(
-            sync_file.as_raw_fd(),
-            request as libc::c_ulong,
-            &mut info as *mut FileInfo,
-        )
-    };
-    assert_eq!(
-        r,
-        0,
-        "SYNC_IOC_FILE_INFO: {}",
-        std::io::Error::last_os_error()
-    );
-    std::hint::black_box(fence.timestamp_ns);
-    info.status
+/// One raw kernel-fence sample: epoll on `fd` until the signaller's `signal` wakes it, then
+/// `read_status`, the one ioctl any waiter needs next. Returns the time to the wakeup and the
+/// time once the status is read too.
+fn raw_kernel_sample(
+    sig: &Signaller,
+    fd: BorrowedFd<'_>,
+    signal: impl FnOnce() + Send + 'static,
+    read_status: impl FnOnce(),
+) -> (f64, f64) {
+    let epoll = epoll_on(fd);
+    sig.fire(signal);
+    let woke = wait_epoll(&epoll);
+    read_status();
+    let read = Instant::now();
+    let t0 = sig.t0();
+    (ns(woke - t0), ns(read - t0))
+}
+
+/// A kernel fence kind's two rows: the library against the raw wakeup, then the reference
+/// (the raw wakeup plus the status ioctl, no `Fence`, no `FenceSource`).
+fn kernel_rows(
+    name: &str,
+    raw_what: &str,
+    ioctl: &str,
+    samples: [&mut Vec<f64>; 3],
+    handoffs: [&Handoffs; 2],
+) -> [Row; 2] {
+    let [lib, raw, reference] = samples.map(|s| stat(s));
+    let [lib_h, raw_h] = handoffs;
+    [
+        Row {
+            name: format!("{name}: signal ioctl -> callback"),
+            note: format!(
+                "raw: {raw_what}; {:.2}x raw + {ioctl}; {lib_h} (raw: {raw_h})",
+                lib.median / reference.median
+            ),
+            lib,
+            raw: Some(raw.clone()),
+        },
+        Row {
+            name: format!("  reference: raw, then one {ioctl}"),
+            lib: reference,
+            raw: Some(raw),
+            note: "no Fence, no FenceSource: the status read by hand after the raw wakeup".into(),
+        },
+    ]
 }
 
 fn kernel(iters: usize) {
@@ -937,25 +926,22 @@ fn kernel(iters: usize) {
             let (mut raw_s, mut lib_s, mut info_s) = (Vec::new(), Vec::new(), Vec::new());
             let (mut raw_h, mut lib_h) = (Handoffs::default(), Handoffs::default());
             for _ in 0..iters {
-                // Raw: epoll on the sync_file fd itself.
+                // Raw: epoll on the sync_file fd itself, then its status and timestamp.
                 let f = vgem.attach(&bo, true);
                 let sync_file = dmabuf.export_sync_file(fence_bridge::Access::Read).unwrap();
-                let epoll = epoll_on(sync_file.as_fd());
                 let v = vgem.clone();
-                sig.fire(move || v.signal(f));
-                let t1 = wait_epoll(&epoll);
-                raw_s.push(ns(t1 - sig.t0()));
+                let (raw, info) = raw_kernel_sample(
+                    &sig,
+                    sync_file.as_fd(),
+                    move || v.signal(f),
+                    || {
+                        let (status, _) = sync_file.status_and_timestamp().unwrap();
+                        assert!(status.is_signaled());
+                    },
+                );
+                raw_s.push(raw);
+                info_s.push(info);
                 raw_h.count(&sig);
-
-                // Raw, then the status and timestamp any waiter must read (no library).
-                let f = vgem.attach(&bo, true);
-                let sync_file = dmabuf.export_sync_file(fence_bridge::Access::Read).unwrap();
-                let epoll = epoll_on(sync_file.as_fd());
-                let v = vgem.clone();
-                sig.fire(move || v.signal(f));
-                wait_epoll(&epoll);
-                assert_eq!(sync_file_info_one(sync_file.as_fd()), 1, "signalled");
-                info_s.push(ns(Instant::now() - sig.t0()));
 
                 // Library: the sync_file as a Fence in a FenceSource.
                 let f = vgem.attach(&bo, true);
@@ -973,22 +959,13 @@ fn kernel(iters: usize) {
                 )));
                 lib_h.count(&sig);
             }
-            let (raw, lib, info) = (stat(&mut raw_s), stat(&mut lib_s), stat(&mut info_s));
-            rows.push(Row {
-                name: "sync_file (vgem): signal ioctl -> callback".into(),
-                note: format!(
-                    "raw: epoll on the sync_file fd; {:.2}x raw + SYNC_IOC_FILE_INFO; {lib_h} (raw: {raw_h})",
-                    lib.median / info.median
-                ),
-                lib,
-                raw: Some(raw.clone()),
-            });
-            rows.push(Row {
-                name: "  reference: raw, then one SYNC_IOC_FILE_INFO".into(),
-                lib: info,
-                raw: Some(raw),
-                note: "no library: the status and timestamp the library's event carries".into(),
-            });
+            rows.extend(kernel_rows(
+                "sync_file (vgem)",
+                "epoll on the sync_file fd",
+                "SYNC_IOC_FILE_INFO",
+                [&mut lib_s, &mut raw_s, &mut info_s],
+                [&lib_h, &raw_h],
+            ));
             let done = dmabuf
                 .export_sync_file(fence_bridge::Access::Read)
                 .unwrap()
@@ -1013,28 +990,21 @@ fn kernel(iters: usize) {
             let mut point = 0u64;
             let (mut raw_h, mut lib_h) = (Handoffs::default(), Handoffs::default());
             for _ in 0..iters {
+                // Raw: epoll on a SYNCOBJ_EVENTFD, then the query that says the point is reached.
                 point += 1;
                 let fd = syncobj
                     .eventfd(point, fence_bridge::SyncobjWaitFlags::empty())
                     .unwrap();
-                let epoll = epoll_on(fd.as_fd());
                 let s = syncobj.clone();
-                sig.fire(move || s.signal_point(point).unwrap());
-                let t1 = wait_epoll(&epoll);
-                raw_s.push(ns(t1 - sig.t0()));
+                let (raw, query) = raw_kernel_sample(
+                    &sig,
+                    fd.as_fd(),
+                    move || s.signal_point(point).unwrap(),
+                    || assert!(syncobj.query().unwrap() >= point, "reached"),
+                );
+                raw_s.push(raw);
+                query_s.push(query);
                 raw_h.count(&sig);
-
-                // Raw, then the query any waiter must make to learn the point is reached.
-                point += 1;
-                let fd = syncobj
-                    .eventfd(point, fence_bridge::SyncobjWaitFlags::empty())
-                    .unwrap();
-                let epoll = epoll_on(fd.as_fd());
-                let s = syncobj.clone();
-                sig.fire(move || s.signal_point(point).unwrap());
-                wait_epoll(&epoll);
-                assert!(syncobj.query().unwrap() >= point, "reached");
-                query_s.push(ns(Instant::now() - sig.t0()));
 
                 point += 1;
                 let fence = syncobj.point(point).fence();
@@ -1048,22 +1018,13 @@ fn kernel(iters: usize) {
                 )));
                 lib_h.count(&sig);
             }
-            let (raw, lib, query) = (stat(&mut raw_s), stat(&mut lib_s), stat(&mut query_s));
-            rows.push(Row {
-                name: "syncobj timeline point: signal ioctl -> callback".into(),
-                note: format!(
-                    "raw: epoll on a SYNCOBJ_EVENTFD; {:.2}x raw + SYNCOBJ_QUERY; {lib_h} (raw: {raw_h})",
-                    lib.median / query.median
-                ),
-                lib,
-                raw: Some(raw.clone()),
-            });
-            rows.push(Row {
-                name: "  reference: raw, then one DRM_IOCTL_SYNCOBJ_QUERY".into(),
-                lib: query,
-                raw: Some(raw),
-                note: "no library: the query that tells the point is reached".into(),
-            });
+            rows.extend(kernel_rows(
+                "syncobj timeline point",
+                "epoll on a SYNCOBJ_EVENTFD",
+                "DRM_IOCTL_SYNCOBJ_QUERY",
+                [&mut lib_s, &mut raw_s, &mut query_s],
+                [&lib_h, &raw_h],
+            ));
             let done = syncobj.point(point).fence();
             rows.push(already_signaled_row(
                 "already signalled (syncobj): new -> Ready",
