@@ -22,8 +22,8 @@
 //!   followed by the one ioctl any waiter needs to learn what the library's event carries
 //!   (`SYNC_IOC_FILE_INFO`: status and timestamp; `DRM_IOCTL_SYNCOBJ_QUERY`: the point is
 //!   reached), timed in the raw samples themselves, so the table says how much of the gap is
-//!   that ioctl and how much the library. Needs the devices: run in the
-//!   guest (`cargo xtask bench fences` does).
+//!   that ioctl and how much the library. Needs the devices: run in the guest (`cargo xtask
+//!   bench fences` does).
 //! * `--probe KIND N`: only N already-signalled checks of KIND (`sw`, `sync_file`, `syncobj`),
 //!   for counting syscalls with `perf stat -e raw_syscalls:sys_enter` from outside.
 //!
